@@ -1,0 +1,1 @@
+"""Bundle adjustment: Lie groups, cameras, robust losses, Levenberg-Marquardt with Schur complement."""

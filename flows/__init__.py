@@ -1,0 +1,1 @@
+"""Prefect flows wrapping the pipeline stages, deployments and the command line."""

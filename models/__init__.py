@@ -1,0 +1,1 @@
+"""Foundation-model adapters (depth, segmentation, detection, captioning), registry and presets."""

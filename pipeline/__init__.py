@@ -1,0 +1,1 @@
+"""Pipeline stages as plain functions, the artifact layout and the dataset."""
