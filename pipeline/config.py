@@ -4,11 +4,16 @@ import dataclasses
 import hashlib
 import json
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dv4d.pipeline.captions import CaptionConfig
 from dv4d.pipeline.errors import Dv4dError
+from dv4d.pipeline.geometry import GeometryConfig
+from dv4d.pipeline.instances import TrackerConfig
+from dv4d.pipeline.keyframes import KeyframeConfig
+from dv4d.pipeline.motion import MotionConfig
 
 PRESETS = ("classical", "smoke", "default")
 """Model presets, see DESIGN.md: ``classical`` (no learned weights), ``smoke`` (tiny random models of the
@@ -41,6 +46,16 @@ class AnnotateConfig:
     """Folder with local copies of model weights (searched before the Hugging Face cache)."""
     chunk_frames: int = 32
     """Frames decoded and processed per chunk; bounds memory on long videos."""
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    """Keyframe selection."""
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    """Camera and static-structure recovery."""
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    """Geometric motion segmentation (flow residual against the recovered ego-motion)."""
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    """Instance tracking across frames."""
+    captions: CaptionConfig = field(default_factory=CaptionConfig)
+    """Thresholds of the camera-motion caption."""
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -103,15 +118,15 @@ def _to_json(obj: Any) -> Any:
 def _fields_from_json(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):
-        if field.name not in data:
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
             continue
-        value, hint = data[field.name], hints[field.name]
+        value, hint = data[f.name], hints[f.name]
         if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = hint(**_fields_from_json(hint, value))
         elif value is not None and Path in typing.get_args(hint):
             value = Path(value)
         elif isinstance(value, list):
             value = tuple(value)
-        kwargs[field.name] = value
+        kwargs[f.name] = value
     return kwargs

@@ -70,7 +70,9 @@ def write_points(path: Path, points: np.ndarray, colors: np.ndarray) -> None:
 class VideoWriter:
     """Encode RGB frames (H,W,3) uint8 to H.264 mp4 through an ffmpeg pipe, chunk by chunk."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: float, crf: int = 18) -> None:
+    def __init__(
+        self, path: Path, width: int, height: int, fps: float, crf: int = 18, pix_fmt: str = "yuv420p"
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.shape = (height, width, 3)
@@ -80,7 +82,7 @@ class VideoWriter:
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{fps:.6f}",
             "-i", "pipe:0",
             "-an", "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-g", "16",
-            "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", str(path),
+            "-pix_fmt", pix_fmt, "-movflags", "+faststart", "-f", "mp4", str(path),
         ]  # fmt: skip
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
 

@@ -92,7 +92,9 @@ def test_dataset_fields_subset_and_errors(root: Path) -> None:
 
 def test_dataloader_with_workers(root: Path) -> None:
     ds = Dv4dDataset(root, clip_len=10)
-    batches = list(DataLoader(ds, batch_size=2, num_workers=2))
+    # spawn: pytest runs Prefect flows in this same process first, and a forked child of a process that
+    # ran Prefect's ephemeral server exits with status 1; trainers do not run flows in their loader process.
+    batches = list(DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="spawn"))
     assert len(batches) == 2
     assert batches[0]["rgb"].shape == (2, 10, 3, H, W)
     assert batches[1]["start"].tolist() == [20, 30]

@@ -1,0 +1,124 @@
+"""Open-vocabulary detector adapter: OWLv2 through ``transformers.Owlv2ForObjectDetection``."""
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from dv4d.models.base import Detections, FrameDetections
+from dv4d.models.text_tokenizer import byte_tokenizer
+from dv4d.models.tiny import RANDOM_INIT, build_seeded
+from dv4d.models.weights import ResolvedWeights
+
+
+class Owlv2Adapter:
+    """OWLv2 (Google): text queries -> boxes, per frame."""
+
+    model_name = "OWLv2"
+
+    def __init__(
+        self, weights: ResolvedWeights | None, threshold: float = 0.2, max_per_frame: int = 20
+    ) -> None:
+        self.weights = weights
+        self.weights_id = RANDOM_INIT if weights is None else weights.spec.weights_id
+        self.threshold = threshold
+        """Minimum detection score kept."""
+        self.max_per_frame = max_per_frame
+        """At most this many boxes per frame, highest scores first."""
+        self.model: Any = None
+        self.processor: Any = None
+        self.device = "cpu"
+        self.dtype = torch.float32
+
+    def _tiny(self) -> tuple[Any, Any]:
+        from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+        # CLIP-style text pooling takes the token with the highest id as end-of-text: eos goes last.
+        tokenizer = byte_tokenizer(
+            ["<|startoftext|>", "<|endoftext|>"],
+            eos="<|endoftext|>",
+            pad="!",
+            wrap=("<|startoftext|>", "<|endoftext|>"),
+        )
+        config = Owlv2Config(
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "max_position_embeddings": 16,
+                "eos_token_id": tokenizer.eos_token_id,
+                "bos_token_id": tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+                "pad_token_id": tokenizer.pad_token_id,
+            },
+            vision_config={
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "image_size": 64,
+                "patch_size": 16,
+            },
+            projection_dim=32,
+            initializer_factor=0.02,
+        )
+        image_processor = Owlv2ImageProcessor(size={"height": 64, "width": 64})
+        processor = Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer)
+        return Owlv2ForObjectDetection(config), processor
+
+    def load(self, device: str, dtype: torch.dtype) -> None:
+        """Build (smoke) or load (offline, safetensors) OWLv2 and move it to ``device``."""
+        if self.weights is None:
+            model, processor = build_seeded(self._tiny)
+        else:
+            from transformers import Owlv2ForObjectDetection, Owlv2Processor
+
+            path = str(self.weights.path)
+            model = Owlv2ForObjectDetection.from_pretrained(
+                path, local_files_only=True, use_safetensors=True, trust_remote_code=False
+            )
+            processor = Owlv2Processor.from_pretrained(path, local_files_only=True)
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.processor = processor
+        self.device, self.dtype = device, dtype
+
+    @torch.inference_mode()
+    def predict(self, frames: np.ndarray, names: list[str]) -> Detections:
+        """Boxes of ``names`` in each of ``frames`` (B, H, W, 3) uint8; empty when ``names`` is."""
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 (B, H, W, 3), got {frames.dtype} {frames.shape}")
+        if self.model is None:
+            raise RuntimeError("OWLv2: call load() before predict()")
+        if not names:
+            empty = FrameDetections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), [])
+            return Detections([empty for _ in frames])
+        height, width = frames.shape[1:3]
+        queries = [list(names) for _ in frames]
+        inputs = self.processor(text=queries, images=list(frames), return_tensors="pt", padding=True)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        outputs = self.model(**inputs)
+        # OWLv2 pads images to a square at the bottom/right: boxes are relative to that square.
+        side = max(height, width)
+        results = self.processor.post_process_grounded_object_detection(
+            outputs, threshold=self.threshold, target_sizes=[(side, side)] * len(frames), text_labels=queries
+        )
+        per_frame = []
+        for result in results:
+            scores = result["scores"].float().cpu().numpy()
+            order = np.argsort(-scores, kind="stable")[: self.max_per_frame]
+            boxes = result["boxes"].float().cpu().numpy()[order]
+            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width - 1)
+            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height - 1)
+            labels = result["labels"].cpu().numpy()[order]
+            # Boxes squashed to nothing by clipping (outside the unpadded image) are dropped.
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            per_frame.append(
+                FrameDetections(
+                    boxes[keep].astype(np.float32),
+                    scores[order][keep].astype(np.float32),
+                    [names[int(i)] for i in labels[keep]],
+                )
+            )
+        return Detections(per_frame)

@@ -1,0 +1,186 @@
+"""Vision-language model adapter: Qwen2.5-VL through ``transformers``."""
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dv4d.models.names_grammar import ALPHABET, DONE, NamesGrammar
+from dv4d.models.text_tokenizer import byte_tokenizer
+from dv4d.models.tiny import RANDOM_INIT, build_seeded
+from dv4d.models.weights import ResolvedWeights
+
+MAX_IMAGE_PIXELS = 448 * 448
+"""Each image is resized by the processor to at most this many pixels (bounds visual tokens)."""
+
+_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+_TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _tiny_qwen() -> tuple[Any, Any]:
+    """Qwen2.5-VL with the real architecture at toy size and a byte-level tokenizer built offline."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer = byte_tokenizer(_SPECIALS, eos="<|im_end|>", pad="<|endoftext|>")
+    ids = dict(zip(_SPECIALS, tokenizer.convert_tokens_to_ids(_SPECIALS), strict=True))
+    special_ids = {
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 4096,
+            "rope_scaling": {"type": "mrope", "rope_type": "default", "mrope_section": [2, 3, 3]},
+            "tie_word_embeddings": True,
+            **special_ids,
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 32,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 56,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        **special_ids,
+    )
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=_TINY_CHAT_TEMPLATE,
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.pad_token_id = special_ids["pad_token_id"]
+    model.generation_config.eos_token_id = special_ids["eos_token_id"]
+    return model, processor
+
+
+class QwenVlAdapter:
+    """Qwen2.5-VL (Alibaba) answering prompts about images; implements ``TextGenerator``."""
+
+    model_name = "Qwen2.5-VL"
+
+    def __init__(self, weights: ResolvedWeights | None) -> None:
+        self.weights = weights
+        self.weights_id = RANDOM_INIT if weights is None else weights.spec.weights_id
+        self.model: Any = None
+        self.processor: Any = None
+        self.device = "cpu"
+        self.dtype = torch.float32
+        self._token_text: list[tuple[int, str]] | None = None
+
+    def load(self, device: str, dtype: torch.dtype) -> None:
+        """Build (smoke) or load (offline, safetensors, ``dtype`` at load time) the VLM."""
+        if self.weights is None:
+            model, processor = build_seeded(_tiny_qwen)
+            model = model.to(dtype=dtype)
+        else:
+            from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+            path = str(self.weights.path)
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                path, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=dtype
+            )
+            processor = AutoProcessor.from_pretrained(
+                path, local_files_only=True, min_pixels=28 * 28, max_pixels=MAX_IMAGE_PIXELS
+            )
+        self.model = model.to(device).eval()
+        self.processor = processor
+        self.device, self.dtype = device, dtype
+
+    def _candidate_tokens(self) -> list[tuple[int, str]]:
+        """(id, text) of every token made only of characters the names grammar can use."""
+        if self._token_text is None:
+            tokenizer = self.processor.tokenizer
+            texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+            self._token_text = [(i, t) for i, t in enumerate(texts) if t and set(t) <= ALPHABET]
+        return self._token_text
+
+    def _grammar_fn(self, grammar: NamesGrammar, prompt_len: int) -> Callable[[int, torch.Tensor], list[int]]:
+        """``prefix_allowed_tokens_fn`` for ``generate``: only tokens that keep the answer in ``grammar``."""
+        candidates = self._candidate_tokens()
+        eos_ids = self.model.generation_config.eos_token_id
+        eos = [int(eos_ids)] if isinstance(eos_ids, int) else [int(i) for i in eos_ids]
+        token_text = dict(candidates)
+
+        def allowed(_batch: int, input_ids: torch.Tensor) -> list[int]:
+            text = "".join(token_text.get(int(i), "") for i in input_ids[prompt_len:])
+            state = grammar.run(text)
+            if state is None or state == DONE:
+                return eos
+            ok = [i for i, piece in candidates if grammar.run(piece, state) is not None]
+            return ok or eos
+
+        return allowed
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        images: list[np.ndarray],
+        prompt: str,
+        *,
+        max_new_tokens: int,
+        attempt: int,
+        grammar: NamesGrammar | None = None,
+    ) -> str:
+        """Answer ``prompt`` about ``images``; see ``TextGenerator.generate``."""
+        if self.model is None:
+            raise RuntimeError("Qwen2.5-VL: call load() before generate()")
+        content: list[dict[str, str]] = [{"type": "image"} for _ in images]
+        content.append({"type": "text", "text": prompt})
+        text = self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+        pil = [Image.fromarray(image) for image in images] or None
+        inputs = self.processor(text=[text], images=pil, return_tensors="pt").to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        prompt_len = inputs["input_ids"].shape[1]
+        options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": attempt > 0}
+        if attempt > 0:
+            options.update(temperature=0.7, top_p=0.9)
+        if grammar is not None:
+            options["prefix_allowed_tokens_fn"] = self._grammar_fn(grammar, prompt_len)
+        devices = [torch.device(self.device)] if self.device.startswith("cuda") else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(attempt)
+            out = self.model.generate(**inputs, **options)
+        return str(self.processor.tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True))

@@ -1,0 +1,218 @@
+"""The stage bodies of one video, in order. Each reads its inputs from the work folder and writes its
+outputs there; ``run.StageRunner`` records which are done so a killed run resumes after the last one."""
+
+import logging
+import os
+import shutil
+from typing import Any
+
+import numpy as np
+
+from dv4d.pipeline.artifacts import SCHEMA, VideoArtifacts, read_json, write_json
+from dv4d.pipeline.captions import camera_caption, captions_json
+from dv4d.pipeline.config import AnnotateConfig
+from dv4d.pipeline.depth import densify_depth
+from dv4d.pipeline.export import VideoWriter, load_array, open_array, write_cameras, write_points
+from dv4d.pipeline.flow import dis_flow
+from dv4d.pipeline.geometry import GeometryResult, estimate_geometry
+from dv4d.pipeline.ingest import SamplePlan, VideoInfo, iter_frames, plan_sampling, working_size
+from dv4d.pipeline.instances import InstanceTracker
+from dv4d.pipeline.keyframes import select_keyframes
+from dv4d.pipeline.motion import motion_mask
+from dv4d.pipeline.version import DV4D_VERSION
+
+FRAMES = "frames.npy"
+PLAN = "plan.npz"
+KEYFRAMES = "keyframes.npy"
+GEOMETRY = "geometry.npz"
+GEOMETRY_FLAGS = "geometry.json"
+
+CLASSICAL_CPU = {"weights": "classical", "device": "cpu"}
+
+
+def clear_work(art: VideoArtifacts) -> None:
+    """Forget every finished stage of this video and config (``--overwrite``)."""
+    shutil.rmtree(art.work_dir, ignore_errors=True)
+
+
+def intrinsics_prior(cfg: AnnotateConfig, info: VideoInfo, size: tuple[int, int]) -> np.ndarray | None:
+    """``--intrinsics`` (source-video pixels, displayed orientation) as K at the working resolution."""
+    if cfg.intrinsics is None:
+        return None
+    fx, fy, cx, cy = cfg.intrinsics
+    sx, sy = size[0] / info.width, size[1] / info.height
+    return np.array(
+        [[fx * sx, 0.0, (cx + 0.5) * sx - 0.5], [0.0, fy * sy, (cy + 0.5) * sy - 0.5], [0.0, 0.0, 1.0]]
+    )
+
+
+def ingest(art: VideoArtifacts, info: VideoInfo, plan: SamplePlan, size: tuple[int, int], cfg: AnnotateConfig,
+           runner_advance: Any) -> dict[str, Any]:  # fmt: skip
+    """Decode the sampled frames once: into a memory-mapped array for the stages and into ``rgb.mp4``."""
+    width, height = size
+    num = len(plan.frame_index)
+    frames = open_array(art.work(FRAMES), (num, height, width, 3), np.uint8)
+    fps = num / max(float(plan.timestamps[-1] - plan.timestamps[0]), 1e-6) if num > 1 else info.fps
+    written = 0
+    with VideoWriter(art.work(art.RGB), width, height, fps) as writer:
+        for chunk in iter_frames(info, plan, size, cfg.chunk_frames):
+            frames[written : written + len(chunk)] = chunk
+            writer.write(chunk)
+            written += len(chunk)
+            runner_advance(len(chunk))
+    frames.flush()
+    np.savez(art.work(PLAN), frame_index=plan.frame_index, timestamps=plan.timestamps)
+    return {"model": "ffmpeg", **CLASSICAL_CPU, "frames": written}
+
+
+def save_geometry(art: VideoArtifacts, geo: GeometryResult) -> None:
+    np.savez(
+        art.work(GEOMETRY),
+        c2w=geo.c2w,
+        K=geo.K,
+        is_keyframe=geo.is_keyframe,
+        points=geo.points,
+        colors=geo.colors,
+    )
+    write_json(
+        art.work(GEOMETRY_FLAGS),
+        {"reproj_rmse_px": geo.reproj_rmse_px, "static_fraction": geo.static_fraction, "flags": geo.flags},
+    )
+
+
+def load_geometry(art: VideoArtifacts) -> GeometryResult:
+    arrays = np.load(art.work(GEOMETRY))
+    extra = read_json(art.work(GEOMETRY_FLAGS))
+    return GeometryResult(
+        c2w=arrays["c2w"],
+        K=arrays["K"],
+        is_keyframe=arrays["is_keyframe"],
+        points=arrays["points"],
+        colors=arrays["colors"],
+        reproj_rmse_px=float(extra["reproj_rmse_px"]),
+        static_fraction=float(extra["static_fraction"]),
+        flags=list(extra["flags"]),
+    )
+
+
+def link_into(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Hard-link a finished work file into the staging folder (idempotent on resume)."""
+    if os.path.lexists(dst):
+        os.unlink(dst)
+    os.link(src, dst)
+
+
+def run_all(
+    runner: Any, info: VideoInfo, art: VideoArtifacts, cfg: AnnotateConfig, log: logging.Logger
+) -> int:
+    """Run every stage of one video; returns the number of sampled frames."""
+    size = working_size(info.width, info.height, cfg.resolution)
+    plan = plan_sampling(info, cfg.fps, cfg.max_frames)
+    num = len(plan.frame_index)
+    log.info("video %s: %dx%d, %d frames -> %d sampled at %dx%d", info.path, info.width, info.height,
+             info.num_frames, num, size[0], size[1])  # fmt: skip
+    runner.run("ingest", num, lambda: ingest(art, info, plan, size, cfg, runner.progress.advance))
+    frames = load_array(art.work(FRAMES))
+
+    def keyframes() -> dict[str, Any]:
+        np.save(art.work(KEYFRAMES), select_keyframes(frames, cfg.keyframes))
+        return {"model": "flow-parallax", **CLASSICAL_CPU}
+
+    runner.run("keyframes", None, keyframes)
+    is_keyframe = np.load(art.work(KEYFRAMES))
+
+    def geometry() -> dict[str, Any]:
+        def tick(done: int, total: int) -> None:
+            runner.progress.advance(1)
+
+        K_prior = intrinsics_prior(cfg, info, size)
+        save_geometry(art, estimate_geometry(frames, is_keyframe, K_prior, cfg.geometry, tick))
+        return {"model": "incremental-sfm", **CLASSICAL_CPU}
+
+    runner.run("geometry", None, geometry)
+    geo = load_geometry(art)
+
+    def depth() -> dict[str, Any]:
+        out = open_array(art.work(art.DEPTH), (num, size[1], size[0]), np.float16)
+        for i in range(num):
+            out[i] = densify_depth(frames, geo, i)
+            runner.progress.advance(1)
+        out.flush()
+        return {"model": "flow-triangulation", **CLASSICAL_CPU}
+
+    runner.run("depth", num, depth)
+
+    def instances() -> dict[str, Any]:
+        depth_all = load_array(art.work(art.DEPTH))
+        ids = open_array(art.work(art.INSTANCES), (num, size[1], size[0]), np.uint16)
+        tracker = InstanceTracker(cfg.tracker)
+        prev_flow: np.ndarray | None = None
+        for i in range(num):
+            if num == 1:
+                mask = np.zeros((size[1], size[0]), dtype=bool)
+                flow_fwd = None
+            else:
+                j = i + 1 if i + 1 < num else i - 1
+                flow_fwd = dis_flow(frames[i], frames[j])
+                depth_i = np.asarray(depth_all[i], dtype=np.float32)
+                mask = motion_mask(flow_fwd, geo.K, geo.c2w[i], geo.c2w[j], depth_i, cfg.motion)
+            ids[i] = tracker.update(i, mask, prev_flow)
+            prev_flow = flow_fwd
+            runner.progress.advance(1)
+        ids.flush()
+        write_json(art.work(art.INSTANCES_JSON), [r.to_json() for r in tracker.records()])
+        return {"model": "flow-residual-motion", **CLASSICAL_CPU}
+
+    runner.run("instances", num, instances)
+
+    def captions() -> dict[str, Any]:
+        timestamps = np.load(art.work(PLAN))["timestamps"]
+        camera = camera_caption(geo.c2w, timestamps, metric=False, cfg=cfg.captions)
+        write_json(art.work(art.CAPTIONS), captions_json(None, camera, {}))
+        return {"model": "trajectory", **CLASSICAL_CPU}
+
+    runner.run("captions", 1, captions)
+
+    def export() -> dict[str, Any]:
+        art.staging_dir.mkdir(parents=True, exist_ok=True)
+        sampled = np.load(art.work(PLAN))
+        write_cameras(art.staged(art.CAMERAS), geo.c2w, geo.K, sampled["frame_index"], sampled["timestamps"],
+                      geo.is_keyframe)  # fmt: skip
+        write_points(art.staged(art.POINTS), geo.points, geo.colors)
+        for name in (art.DEPTH, art.INSTANCES, art.INSTANCES_JSON, art.CAPTIONS, art.RGB):
+            link_into(art.work(name), art.staged(name))
+        return {"model": "open3d", **CLASSICAL_CPU}
+
+    runner.run("export", 1, export)
+    return num
+
+
+def complete_manifest(
+    base: dict[str, Any], runner: Any, art: VideoArtifacts, cfg: AnnotateConfig
+) -> dict[str, Any]:
+    """The ``complete`` manifest of a finished video (written last, into the staging folder)."""
+    frames = load_array(art.work(FRAMES))
+    geo_extra = read_json(art.work(GEOMETRY_FLAGS))
+    is_keyframe = np.load(art.work(KEYFRAMES))
+    return {
+        "schema": SCHEMA,
+        "status": "complete",
+        **base,
+        "frames": {
+            "count": int(frames.shape[0]),
+            "width": int(frames.shape[2]),
+            "height": int(frames.shape[1]),
+        },
+        "config": cfg.to_json(),
+        "config_hash": art.config_hash,
+        "components": runner.components,
+        "priors": {"intrinsics": list(cfg.intrinsics) if cfg.intrinsics else None},
+        "metric": False,
+        "quality": {
+            "reproj_rmse_px": geo_extra["reproj_rmse_px"],
+            "static_fraction": geo_extra["static_fraction"],
+            "num_keyframes": int(is_keyframe.sum()),
+            "flags": geo_extra["flags"],
+        },
+        "dv4d_version": DV4D_VERSION,
+    }
