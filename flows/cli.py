@@ -72,6 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("--overwrite", action="store_true", help="redo videos that are already complete")
     ann.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
+    models = sub.add_parser("models", help="list or download the models of the presets")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    mlist = msub.add_parser("list", help="every model of every preset and whether its weights are here")
+    mlist.add_argument("--weights-dir", type=Path, help="folder with local copies of model weights")
+    mdown = msub.add_parser("download", help="fetch a preset's pretrained weights (needs internet)")
+    mdown.add_argument("--preset", default="default", help="preset whose weights to fetch (default: default)")
+    mdown.add_argument("--weights-dir", type=Path, help="download here instead of the Hugging Face cache")
+
+    bench = sub.add_parser("bench", help="benchmarks; the last stdout line is a JSON object")
+    bsub = bench.add_subparsers(dest="bench_command", required=True)
+    bal = bsub.add_parser("bal", help="bundle adjustment on a BAL problem file (.txt or .bz2)")
+    bal.add_argument("file", type=Path)
+    bal.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    bal.add_argument("--max-iterations", type=int, default=50)
+    bal.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    bal.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+    bal.add_argument("--json", action="store_true", help="print only the JSON line (no table)")
+
     ins = sub.add_parser("inspect", help="summarize one output folder and write a quick-look image")
     ins.add_argument("folder", type=Path, help="OUT/<video>")
     ins.add_argument(
@@ -93,6 +111,18 @@ def config_from_args(args: argparse.Namespace) -> AnnotateConfig:
             weights_dir=args.weights_dir,
         )
     except Dv4dError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def check_models(cfg: AnnotateConfig) -> None:
+    """Fail before any work when the preset's weights are missing (one message naming all of them)."""
+    from dv4d.models.errors import ModelsError
+    from dv4d.models.suite import shared_suite
+    from dv4d.pipeline.semantic import resolve_device
+
+    try:
+        shared_suite(cfg.preset, resolve_device(cfg.device), cfg.weights_dir)
+    except ModelsError as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -128,6 +158,7 @@ def cmd_annotate(args: argparse.Namespace, console: Console) -> int:
 
     cfg = config_from_args(args)
     check_out_dir(args.out)
+    check_models(cfg)
     videos, problems = find_videos(list(args.paths))
     if not videos and problems:
         raise UsageError("; ".join(f"{p}: {why}" for p, why in problems))
@@ -205,6 +236,52 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_models(args: argparse.Namespace, console: Console) -> int:
+    from dv4d.models.errors import ModelsError
+    from dv4d.models.presets import list_models, preset_specs
+    from dv4d.models.weights import download
+
+    try:
+        if args.models_command == "list":
+            table = Table(title="dv4d models")
+            for col in ("preset", "role", "model", "weights", "size GB", "license", "present"):
+                table.add_column(col)
+            for row in list_models(args.weights_dir):
+                table.add_row(row.preset, row.role, row.model, row.weights, f"{row.size_gb:.2f}", row.license,
+                              row.present)  # fmt: skip
+            console.print(table)
+            return EXIT_OK
+        for folder in download(preset_specs(args.preset), args.weights_dir):
+            console.print(f"downloaded {folder}")
+        return EXIT_OK
+    except ModelsError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_bench(args: argparse.Namespace, console: Console) -> int:
+    from dv4d.ba.bench import run_bal_benchmark
+    from dv4d.ba.errors import BundleAdjustmentError
+
+    if not args.file.is_file():
+        raise UsageError(f"{args.file}: no such file")
+    try:
+        report = run_bal_benchmark(args.file, args.device, args.max_iterations, args.dtype, args.threads)
+    except BundleAdjustmentError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.json:
+        table = Table(title=f"LM on {report['problem']} ({report['device']}, {report['dtype']})")
+        for col in ("it", "cost", "step", "radius", "accepted", "seconds"):
+            table.add_column(col, justify="right")
+        for it in report["log"]:
+            cells = (it["cost"], it["step_norm"], it["trust_region_radius"])
+            table.add_row(str(it["iteration"]), *(f"{c:.4e}" for c in cells), str(it["accepted"]),
+                          f"{it['seconds']:.4f}")  # fmt: skip
+        console.print(table, highlight=False)
+    summary = {k: v for k, v in report.items() if k != "log"}
+    print(json.dumps(summary), flush=True)
+    return EXIT_OK
+
+
 def quiet_prefect() -> None:
     """Local runs: no telemetry, Prefect's own logs only for warnings (set before Prefect is imported)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -212,7 +289,12 @@ def quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
-COMMANDS: dict[str, Any] = {"annotate": cmd_annotate, "inspect": cmd_inspect}
+COMMANDS: dict[str, Any] = {
+    "annotate": cmd_annotate,
+    "inspect": cmd_inspect,
+    "models": cmd_models,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,10 +56,20 @@ def write_cameras(
         )
 
 
+EMPTY_PLY = (
+    "ply\nformat binary_little_endian 1.0\nelement vertex 0\n"
+    "property double x\nproperty double y\nproperty double z\n"
+    "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+)
+
+
 def write_points(path: Path, points: np.ndarray, colors: np.ndarray) -> None:
     """Write a coloured point cloud (N,3) metres + (N,3) uint8 as binary PLY through open3d."""
     import open3d as o3d
 
+    if len(points) == 0:  # open3d refuses to write an empty cloud; an empty PLY is still a valid answer
+        path.write_text(EMPTY_PLY)
+        return
     cloud = o3d.geometry.PointCloud()
     cloud.points = o3d.utility.Vector3dVector(np.asarray(points, dtype=np.float64).reshape(-1, 3))
     cloud.colors = o3d.utility.Vector3dVector(np.asarray(colors, dtype=np.float64).reshape(-1, 3) / 255.0)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from dv4d.models.errors import ModelsError
 from dv4d.pipeline import stages
 from dv4d.pipeline.artifacts import SCHEMA, VideoArtifacts, read_json, write_json
 from dv4d.pipeline.config import AnnotateConfig
@@ -161,7 +162,7 @@ def annotate_video(
             art.publish()
             log.info("complete: %d frames in %.1f s", frames, time.perf_counter() - t0)
             return VideoResult(video, art.name, "complete", frames, time.perf_counter() - t0)
-        except (Dv4dError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+        except (Dv4dError, ModelsError, OSError, ValueError, RuntimeError, MemoryError) as exc:
             message = " ".join(str(exc).split()) or type(exc).__name__
             log.error("failed in stage %s: %s\n%s", runner.current, message, traceback.format_exc())
             failed = {

@@ -1,6 +1,7 @@
 """The stage bodies of one video, in order. Each reads its inputs from the work folder and writes its
 outputs there; ``run.StageRunner`` records which are done so a killed run resumes after the last one."""
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -8,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from dv4d.models.suite import ModelSuite, shared_suite
 from dv4d.pipeline.artifacts import SCHEMA, VideoArtifacts, read_json, write_json
 from dv4d.pipeline.captions import camera_caption, captions_json
 from dv4d.pipeline.config import AnnotateConfig
@@ -19,6 +21,13 @@ from dv4d.pipeline.ingest import SamplePlan, VideoInfo, iter_frames, plan_sampli
 from dv4d.pipeline.instances import InstanceTracker
 from dv4d.pipeline.keyframes import select_keyframes
 from dv4d.pipeline.motion import motion_mask
+from dv4d.pipeline.semantic import (
+    object_captions,
+    predict_depth,
+    propose_objects,
+    rephrased_camera,
+    resolve_device,
+)
 from dv4d.pipeline.version import DV4D_VERSION
 
 FRAMES = "frames.npy"
@@ -26,6 +35,12 @@ PLAN = "plan.npz"
 KEYFRAMES = "keyframes.npy"
 GEOMETRY = "geometry.npz"
 GEOMETRY_FLAGS = "geometry.json"
+MODEL_DEPTH = "model_depth.npy"
+MODEL_DEPTH_JSON = "model_depth.json"
+SCALE_JSON = "scale.json"
+PROPOSALS = "proposals.npy"
+PROPOSALS_JSON = "proposals.json"
+INSTANCE_RECORDS = "instance_records.json"
 
 CLASSICAL_CPU = {"weights": "classical", "device": "cpu"}
 
@@ -102,15 +117,53 @@ def link_into(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     os.link(src, dst)
 
 
+def metric_scale(frames: np.ndarray, geo: GeometryResult, model_depth: np.ndarray) -> float | None:
+    """Robust scale taking the geometry's units to the depth model's: per keyframe the median ratio of
+    model depth to densified depth, then the median of those within 3 MADs. ``None`` when unobservable."""
+    ratios = []
+    for i in np.flatnonzero(geo.is_keyframe):
+        ours = densify_depth(frames, geo, int(i))
+        theirs = np.asarray(model_depth[i], dtype=np.float32)
+        valid = (ours > 0) & (theirs > 0)
+        if valid.sum() >= 100:
+            ratios.append(float(np.median(theirs[valid] / ours[valid])))
+    if not ratios:
+        return None
+    r = np.array(ratios)
+    mad = np.median(np.abs(r - np.median(r))) + 1e-12
+    return float(np.median(r[np.abs(r - np.median(r)) <= 3 * mad]))
+
+
+def scaled(geo: GeometryResult, scale: float) -> GeometryResult:
+    """The geometry with lengths multiplied by ``scale`` (camera centres and points)."""
+    c2w = geo.c2w.copy()
+    c2w[:, :3, 3] *= scale
+    return dataclasses.replace(geo, c2w=c2w, points=geo.points * scale)
+
+
+def model_record(suite: ModelSuite, *roles: str) -> dict[str, Any]:
+    """Component record of a model-backed stage: the suite's description of the roles it used."""
+    comps = suite.components()
+    first = comps[roles[0]]
+    return {
+        "model": "+".join(str(comps[r]["model"]) for r in roles),
+        "weights": "+".join(str(comps[r]["weights"]) for r in roles),
+        "device": first["device"],
+        "dtype": first["dtype"],
+    }
+
+
 def run_all(
     runner: Any, info: VideoInfo, art: VideoArtifacts, cfg: AnnotateConfig, log: logging.Logger
 ) -> int:
     """Run every stage of one video; returns the number of sampled frames."""
-    size = working_size(info.width, info.height, cfg.resolution)
+    size = working_size(info.width, info.height, cfg.resolution, source=info.path)
     plan = plan_sampling(info, cfg.fps, cfg.max_frames)
     num = len(plan.frame_index)
+    shape = (num, size[1], size[0])
     log.info("video %s: %dx%d, %d frames -> %d sampled at %dx%d", info.path, info.width, info.height,
              info.num_frames, num, size[0], size[1])  # fmt: skip
+    suite = shared_suite(cfg.preset, resolve_device(cfg.device), cfg.weights_dir)
     runner.run("ingest", num, lambda: ingest(art, info, plan, size, cfg, runner.progress.advance))
     frames = load_array(art.work(FRAMES))
 
@@ -121,19 +174,43 @@ def run_all(
     runner.run("keyframes", None, keyframes)
     is_keyframe = np.load(art.work(KEYFRAMES))
 
+    if suite.has("depth"):
+
+        def depth_model() -> dict[str, Any]:
+            out = open_array(art.work(MODEL_DEPTH), shape, np.float16)
+            focal, metric = predict_depth(suite, frames, out, cfg.chunk_frames, runner.progress.advance)
+            out.flush()
+            write_json(art.work(MODEL_DEPTH_JSON), {"focal_px": focal, "metric": metric})
+            return model_record(suite, "depth")
+
+        runner.run("depth_model", num, depth_model)
+    model_info = read_json(art.work(MODEL_DEPTH_JSON)) if suite.has("depth") else None
+
     def geometry() -> dict[str, Any]:
         def tick(done: int, total: int) -> None:
             runner.progress.advance(1)
 
         K_prior = intrinsics_prior(cfg, info, size)
-        save_geometry(art, estimate_geometry(frames, is_keyframe, K_prior, cfg.geometry, tick))
+        if K_prior is None and model_info is not None and model_info["metric"] and model_info["focal_px"]:
+            f = float(model_info["focal_px"])
+            K_prior = np.array([[f, 0, (size[0] - 1) / 2], [0, f, (size[1] - 1) / 2], [0, 0, 1]])
+        geo = estimate_geometry(frames, is_keyframe, K_prior, cfg.geometry, tick)
+        scale = metric_scale(frames, geo, load_array(art.work(MODEL_DEPTH))) if model_info else None
+        if model_info and scale is None:
+            geo.flags.append("scale_unobserved")
+        save_geometry(art, scaled(geo, scale or 1.0))
+        write_json(art.work(SCALE_JSON), {"scale": scale})
         return {"model": "incremental-sfm", **CLASSICAL_CPU}
 
     runner.run("geometry", None, geometry)
     geo = load_geometry(art)
 
     def depth() -> dict[str, Any]:
-        out = open_array(art.work(art.DEPTH), (num, size[1], size[0]), np.float16)
+        if model_info is not None:
+            link_into(art.work(MODEL_DEPTH), art.work(art.DEPTH))
+            runner.progress.advance(num)
+            return model_record(suite, "depth")
+        out = open_array(art.work(art.DEPTH), shape, np.float16)
         for i in range(num):
             out[i] = densify_depth(frames, geo, i)
             runner.progress.advance(1)
@@ -142,34 +219,67 @@ def run_all(
 
     runner.run("depth", num, depth)
 
+    if suite.has("detector"):
+
+        def objects() -> dict[str, Any]:
+            out = open_array(art.work(PROPOSALS), shape, np.uint16)
+            found = propose_objects(
+                suite, frames, geo.is_keyframe, out, cfg.chunk_frames, runner.progress.advance
+            )
+            out.flush()
+            write_json(art.work(PROPOSALS_JSON), {"names": found.names, "labels": found.labels})
+            return model_record(suite, "vlm", "detector", "segmenter")
+
+        runner.run("objects", num, objects)
+
     def instances() -> dict[str, Any]:
         depth_all = load_array(art.work(art.DEPTH))
-        ids = open_array(art.work(art.INSTANCES), (num, size[1], size[0]), np.uint16)
+        proposals = load_array(art.work(PROPOSALS)) if suite.has("detector") else None
+        labels = read_json(art.work(PROPOSALS_JSON))["labels"] if proposals is not None else None
+        ids = open_array(art.work(art.INSTANCES), shape, np.uint16)
         tracker = InstanceTracker(cfg.tracker)
         prev_flow: np.ndarray | None = None
         for i in range(num):
-            if num == 1:
-                mask = np.zeros((size[1], size[0]), dtype=bool)
-                flow_fwd = None
+            j = i + 1 if i + 1 < num else i - 1
+            flow_fwd = dis_flow(frames[i], frames[j]) if num > 1 else None
+            if proposals is not None and labels is not None:
+                names = {k + 1: name for k, name in enumerate(labels[i])}
+                ids[i] = tracker.update(i, np.asarray(proposals[i]), prev_flow, labels=names)
             else:
-                j = i + 1 if i + 1 < num else i - 1
-                flow_fwd = dis_flow(frames[i], frames[j])
-                depth_i = np.asarray(depth_all[i], dtype=np.float32)
-                mask = motion_mask(flow_fwd, geo.K, geo.c2w[i], geo.c2w[j], depth_i, cfg.motion)
-            ids[i] = tracker.update(i, mask, prev_flow)
+                mask = np.zeros(shape[1:], dtype=bool)
+                if flow_fwd is not None:
+                    depth_i = np.asarray(depth_all[i], dtype=np.float32)
+                    mask = motion_mask(flow_fwd, geo.K, geo.c2w[i], geo.c2w[j], depth_i, cfg.motion)
+                ids[i] = tracker.update(i, mask, prev_flow)
             prev_flow = flow_fwd
             runner.progress.advance(1)
         ids.flush()
-        write_json(art.work(art.INSTANCES_JSON), [r.to_json() for r in tracker.records()])
+        write_json(art.work(INSTANCE_RECORDS), [r.to_json() for r in tracker.records()])
+        if proposals is not None:
+            return {"model": "proposal-tracking", **CLASSICAL_CPU}
         return {"model": "flow-residual-motion", **CLASSICAL_CPU}
 
     runner.run("instances", num, instances)
 
     def captions() -> dict[str, Any]:
         timestamps = np.load(art.work(PLAN))["timestamps"]
-        camera = camera_caption(geo.c2w, timestamps, metric=False, cfg=cfg.captions)
-        write_json(art.work(art.CAPTIONS), captions_json(None, camera, {}))
-        return {"model": "trajectory", **CLASSICAL_CPU}
+        metric = bool(model_info and model_info["metric"])
+        camera = camera_caption(geo.c2w, timestamps, metric=metric, cfg=cfg.captions)
+        records = read_json(art.work(INSTANCE_RECORDS))
+        if not suite.has("vlm"):
+            write_json(art.work(art.INSTANCES_JSON), records)
+            write_json(art.work(art.CAPTIONS), captions_json(None, camera, {}))
+            return {"model": "trajectory", **CLASSICAL_CPU}
+        keys = [np.array(frames[i]) for i in np.flatnonzero(geo.is_keyframe)]
+        objects = object_captions(
+            suite, frames, load_array(art.work(art.INSTANCES)), [r["id"] for r in records]
+        )
+        for r in records:
+            r["caption"] = objects.get(r["id"])
+        write_json(art.work(art.INSTANCES_JSON), records)
+        scene = suite.caption_scene(keys)
+        write_json(art.work(art.CAPTIONS), captions_json(scene, rephrased_camera(suite, camera), objects))
+        return model_record(suite, "vlm")
 
     runner.run("captions", 1, captions)
 
@@ -207,7 +317,7 @@ def complete_manifest(
         "config_hash": art.config_hash,
         "components": runner.components,
         "priors": {"intrinsics": list(cfg.intrinsics) if cfg.intrinsics else None},
-        "metric": False,
+        "metric": bool((read_json(art.work(MODEL_DEPTH_JSON)) or {}).get("metric", False)),
         "quality": {
             "reproj_rmse_px": geo_extra["reproj_rmse_px"],
             "static_fraction": geo_extra["static_fraction"],

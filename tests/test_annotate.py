@@ -166,3 +166,35 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as exc:
         main(["annotate", "--bogus"])
     assert exc.value.code == EXIT_USAGE
+
+
+def test_smoke_preset_runs_models_and_labels_random_init(tmp_path: Path) -> None:
+    scene = render_scene(SceneConfig(width=96, height=72, num_frames=6, seed=5))
+    write_video(scene.frames, tmp_path / "clip.mp4", fps=10.0)
+    out = tmp_path / "out"
+    assert (
+        main(["annotate", str(tmp_path / "clip.mp4"), "-o", str(out), "--preset", "smoke", "-q"]) == EXIT_OK
+    )
+    d = out / "clip"
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["metric"] is False
+    for stage in ("depth_model", "depth", "objects", "captions"):
+        assert "random-init" in manifest["components"][stage]["weights"], stage
+    depth = np.load(d / "depth.npy")
+    assert depth.shape == (6, 72, 96) and (depth > 0).mean() > 0.9
+    records = json.loads((d / "instances.json").read_text())
+    captions = json.loads((d / "captions.json").read_text())
+    assert records and all(r["label"] and r["caption"] is not None for r in records)
+    assert isinstance(captions["scene"], str)
+    assert set(captions["objects"]) == {str(r["id"]) for r in records}
+
+
+def test_default_preset_without_weights_is_a_clear_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "v.mp4").write_bytes(b"")
+    code = main(["annotate", str(tmp_path), "-o", str(tmp_path / "out"), "--preset", "default",
+                 "--weights-dir", str(tmp_path / "weights"), "--device", "cpu"])  # fmt: skip
+    assert code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "dv4d models download" in err and "DepthPro" in err

@@ -98,3 +98,17 @@ def test_dataloader_with_workers(root: Path) -> None:
     assert len(batches) == 2
     assert batches[0]["rgb"].shape == (2, 10, 3, H, W)
     assert batches[1]["start"].tolist() == [20, 30]
+
+
+def test_write_points_round_trip_and_empty(tmp_path: Path) -> None:
+    import open3d as o3d
+
+    from dv4d.pipeline.export import write_points
+
+    pts = np.array([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])
+    write_points(tmp_path / "a.ply", pts, np.array([[255, 0, 0], [0, 255, 0]], np.uint8))
+    cloud = o3d.io.read_point_cloud(str(tmp_path / "a.ply"))
+    np.testing.assert_allclose(np.asarray(cloud.points), pts)
+    np.testing.assert_allclose(np.asarray(cloud.colors)[0], [1, 0, 0])
+    write_points(tmp_path / "empty.ply", np.zeros((0, 3)), np.zeros((0, 3), np.uint8))
+    assert len(o3d.io.read_point_cloud(str(tmp_path / "empty.ply")).points) == 0
