@@ -7,15 +7,14 @@ instance ids come from the ray through each pixel centre. Conventions follow DES
 cameras, camera-to-world poses, z-depth in metres, pixel centres at integer coordinates.
 """
 
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from dv4d.pipeline.ffmpeg import ffmpeg_executable
+from dv4d.pipeline.artifacts import atomic_path
+from dv4d.pipeline.export import VideoWriter
 
 CAMERA_MOTIONS = ("orbit", "static", "rotation", "forward")
 ROOM_HALF = np.array([4.0, 1.5, 4.0])
@@ -290,47 +289,14 @@ def render_scene(cfg: SceneConfig) -> SyntheticScene:
 
 
 def write_video(frames: np.ndarray, path: Path, fps: float, crf: int = 4) -> None:
-    """Encode (F, H, W, 3) uint8 RGB frames as near-lossless H.264 (yuv444p) with the ffmpeg binary.
+    """Encode (F, H, W, 3) uint8 RGB frames as near-lossless H.264 (yuv444p), atomically.
 
-    Written to a temporary file next to `path` and renamed, so a crash never leaves a partial video.
+    A crash never leaves a partial video at ``path``.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (F, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     if len(frames) == 0:
         raise ValueError("cannot write a video with no frames")
-    path = Path(path)
     _, h, w, _ = frames.shape
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=path.suffix, delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-    cmd = [
-        ffmpeg_executable(),
-        "-y",
-        "-loglevel",
-        "error",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "-s",
-        f"{w}x{h}",
-        "-r",
-        f"{fps}",
-        "-i",
-        "-",
-        "-c:v",
-        "libx264",
-        "-crf",
-        str(crf),
-        "-pix_fmt",
-        "yuv444p",
-        str(tmp_path),
-    ]
-    try:
-        proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True)
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"ffmpeg failed writing {path}: {proc.stderr.decode(errors='replace').strip()}"
-            )
-        tmp_path.replace(path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    with atomic_path(Path(path)) as tmp, VideoWriter(tmp, w, h, fps, crf=crf, pix_fmt="yuv444p") as writer:
+        writer.write(frames)
