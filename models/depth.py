@@ -1,6 +1,6 @@
 """Metric depth adapters: Depth Pro (depth + field of view) and Depth Anything V2 metric."""
 
-from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -8,61 +8,30 @@ import torch
 import torch.nn.functional as F
 
 from dv4d.models.base import DepthPrediction
-from dv4d.models.tiny import RANDOM_INIT, build_seeded
-from dv4d.models.weights import ResolvedWeights
+from dv4d.models.hf_adapter import HfAdapter, check_frames, load_pretrained
 
 MIN_FOV_DEG = 5.0
 """Smallest horizontal field of view accepted from Depth Pro's head; smaller values are clamped."""
 MAX_FOV_DEG = 170.0
 """Largest horizontal field of view accepted from Depth Pro's head; larger values are clamped."""
 
-
-def _check_frames(frames: np.ndarray) -> None:
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 (B, H, W, 3), got {frames.dtype} {frames.shape}")
+_TINY_DINO = {"model_type": "dinov2", "hidden_size": 32, "num_attention_heads": 2, "mlp_ratio": 2}
+"""DINOv2 backbone settings shared by both tiny depth networks."""
 
 
 def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-class _HfDepthAdapter(ABC):
-    """Common loading of a transformers depth model and its image processor."""
+class _HfDepthAdapter(HfAdapter):
+    """Depth networks: processor pixels of a frame batch, and the forward pass."""
 
-    model_name = ""
-
-    def __init__(self, weights: ResolvedWeights | None) -> None:
-        self.weights = weights
-        self.weights_id = RANDOM_INIT if weights is None else weights.spec.weights_id
-        self.model: Any = None
-        self.processor: Any = None
-        self.device = "cpu"
-        self.dtype = torch.float32
-
-    @abstractmethod
-    def _tiny(self) -> tuple[Any, Any]:
-        """Tiny random-initialised network of the same architecture, and its processor."""
-
-    @abstractmethod
-    def _pretrained(self, path: str) -> tuple[Any, Any]:
-        """Pretrained network and processor from a local folder."""
-
-    def load(self, device: str, dtype: torch.dtype) -> None:
-        """Build (smoke) or load (offline, safetensors) the network and move it to ``device``."""
-        if self.weights is None:
-            model, processor = build_seeded(self._tiny)
-        else:
-            model, processor = self._pretrained(str(self.weights.path))
-        self.model = model.to(device=device, dtype=dtype).eval()
-        self.processor = processor
-        self.device, self.dtype = device, dtype
-
-    def _pixels(self, frames: np.ndarray) -> torch.Tensor:
-        _check_frames(frames)
-        if self.model is None:
-            raise RuntimeError(f"{self.model_name}: call load() before predict()")
+    def _forward(self, frames: np.ndarray) -> Any:
+        """Network output for ``frames`` (B, H, W, 3) uint8."""
+        check_frames(frames)
+        self._require_loaded("predict")
         inputs = self.processor(images=list(frames), return_tensors="pt")
-        return inputs["pixel_values"].to(device=self.device, dtype=self.dtype)
+        return self.model(pixel_values=inputs["pixel_values"].to(device=self.device, dtype=self.dtype))
 
 
 class DepthProAdapter(_HfDepthAdapter):
@@ -74,11 +43,8 @@ class DepthProAdapter(_HfDepthAdapter):
         from transformers import DepthProConfig, DepthProForDepthEstimation, DepthProImageProcessor
 
         dino = {
-            "model_type": "dinov2",
-            "hidden_size": 32,
+            **_TINY_DINO,
             "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "mlp_ratio": 2,
             "patch_size": 16,
             "image_size": 64,
         }
@@ -99,19 +65,16 @@ class DepthProAdapter(_HfDepthAdapter):
         processor = DepthProImageProcessor(size={"height": 128, "width": 128})
         return DepthProForDepthEstimation(config), processor
 
-    def _pretrained(self, path: str) -> tuple[Any, Any]:
+    def _pretrained(self, path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
         from transformers import DepthProForDepthEstimation, DepthProImageProcessor
 
-        model = DepthProForDepthEstimation.from_pretrained(
-            path, local_files_only=True, use_safetensors=True, trust_remote_code=False
-        )
-        return model, DepthProImageProcessor.from_pretrained(path, local_files_only=True)
+        return load_pretrained(DepthProForDepthEstimation, DepthProImageProcessor, path, dtype)
 
     @torch.inference_mode()
     def predict(self, frames: np.ndarray) -> DepthPrediction:
         """Depth and focal for ``frames`` (B, H, W, 3) uint8; focal from the horizontal FoV."""
         height, width = frames.shape[1:3]
-        out = self.model(pixel_values=self._pixels(frames))
+        out = self._forward(frames)
         fov_deg = out.field_of_view.float().clamp(MIN_FOV_DEG, MAX_FOV_DEG)
         focal = 0.5 * width / torch.tan(0.5 * torch.deg2rad(fov_deg))
         # Depth Pro predicts canonical inverse depth; metric inverse depth = canonical * W / f.
@@ -133,11 +96,8 @@ class DepthAnythingMetricAdapter(_HfDepthAdapter):
         from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, DPTImageProcessor
 
         backbone = {
-            "model_type": "dinov2",
-            "hidden_size": 32,
+            **_TINY_DINO,
             "num_hidden_layers": 4,
-            "num_attention_heads": 2,
-            "mlp_ratio": 2,
             "patch_size": 14,
             "image_size": 56,
             "out_indices": [1, 2, 3, 4],
@@ -162,19 +122,16 @@ class DepthAnythingMetricAdapter(_HfDepthAdapter):
         )
         return DepthAnythingForDepthEstimation(config), processor
 
-    def _pretrained(self, path: str) -> tuple[Any, Any]:
+    def _pretrained(self, path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
         from transformers import AutoImageProcessor, DepthAnythingForDepthEstimation
 
-        model = DepthAnythingForDepthEstimation.from_pretrained(
-            path, local_files_only=True, use_safetensors=True, trust_remote_code=False
-        )
-        return model, AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        return load_pretrained(DepthAnythingForDepthEstimation, AutoImageProcessor, path, dtype)
 
     @torch.inference_mode()
     def predict(self, frames: np.ndarray) -> DepthPrediction:
         """Metric z-depth for ``frames`` (B, H, W, 3) uint8; this model gives no focal length."""
         height, width = frames.shape[1:3]
-        out = self.model(pixel_values=self._pixels(frames))
+        out = self._forward(frames)
         depth = _resize(out.predicted_depth.float(), (height, width)).clamp_min(0.0)
         return DepthPrediction(
             depth=depth.cpu().numpy().astype(np.float32), focal_px=None, metric=self.weights is not None

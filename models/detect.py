@@ -1,17 +1,19 @@
 """Open-vocabulary detector adapter: OWLv2 through ``transformers.Owlv2ForObjectDetection``."""
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from dv4d.models.base import Detections, FrameDetections
+from dv4d.models.hf_adapter import HfAdapter, check_frames, load_pretrained
 from dv4d.models.text_tokenizer import byte_tokenizer
-from dv4d.models.tiny import RANDOM_INIT, build_seeded
+from dv4d.models.tiny import TINY_LAYERS
 from dv4d.models.weights import ResolvedWeights
 
 
-class Owlv2Adapter:
+class Owlv2Adapter(HfAdapter):
     """OWLv2 (Google): text queries -> boxes, per frame."""
 
     model_name = "OWLv2"
@@ -19,16 +21,11 @@ class Owlv2Adapter:
     def __init__(
         self, weights: ResolvedWeights | None, threshold: float = 0.2, max_per_frame: int = 20
     ) -> None:
-        self.weights = weights
-        self.weights_id = RANDOM_INIT if weights is None else weights.spec.weights_id
+        super().__init__(weights)
         self.threshold = threshold
         """Minimum detection score kept."""
         self.max_per_frame = max_per_frame
         """At most this many boxes per frame, highest scores first."""
-        self.model: Any = None
-        self.processor: Any = None
-        self.device = "cpu"
-        self.dtype = torch.float32
 
     def _tiny(self) -> tuple[Any, Any]:
         from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
@@ -42,21 +39,15 @@ class Owlv2Adapter:
         )
         config = Owlv2Config(
             text_config={
+                **TINY_LAYERS,
                 "vocab_size": len(tokenizer),
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
                 "max_position_embeddings": 16,
                 "eos_token_id": tokenizer.eos_token_id,
                 "bos_token_id": tokenizer.convert_tokens_to_ids("<|startoftext|>"),
                 "pad_token_id": tokenizer.pad_token_id,
             },
             vision_config={
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
+                **TINY_LAYERS,
                 "image_size": 64,
                 "patch_size": 16,
             },
@@ -67,29 +58,16 @@ class Owlv2Adapter:
         processor = Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer)
         return Owlv2ForObjectDetection(config), processor
 
-    def load(self, device: str, dtype: torch.dtype) -> None:
-        """Build (smoke) or load (offline, safetensors) OWLv2 and move it to ``device``."""
-        if self.weights is None:
-            model, processor = build_seeded(self._tiny)
-        else:
-            from transformers import Owlv2ForObjectDetection, Owlv2Processor
+    def _pretrained(self, path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+        from transformers import Owlv2ForObjectDetection, Owlv2Processor
 
-            path = str(self.weights.path)
-            model = Owlv2ForObjectDetection.from_pretrained(
-                path, local_files_only=True, use_safetensors=True, trust_remote_code=False
-            )
-            processor = Owlv2Processor.from_pretrained(path, local_files_only=True)
-        self.model = model.to(device=device, dtype=dtype).eval()
-        self.processor = processor
-        self.device, self.dtype = device, dtype
+        return load_pretrained(Owlv2ForObjectDetection, Owlv2Processor, path, dtype)
 
     @torch.inference_mode()
     def predict(self, frames: np.ndarray, names: list[str]) -> Detections:
         """Boxes of ``names`` in each of ``frames`` (B, H, W, 3) uint8; empty when ``names`` is."""
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 (B, H, W, 3), got {frames.dtype} {frames.shape}")
-        if self.model is None:
-            raise RuntimeError("OWLv2: call load() before predict()")
+        check_frames(frames)
+        self._require_loaded("predict")
         if not names:
             empty = FrameDetections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), [])
             return Detections([empty for _ in frames])

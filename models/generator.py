@@ -1,5 +1,6 @@
 """The text-generation interface the VLM helpers use (a real VLM adapter or a fake in tests)."""
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -7,21 +8,21 @@ import numpy as np
 from dv4d.models.names_grammar import NamesGrammar
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How one answer is decoded."""
+
+    max_new_tokens: int
+    """At most this many generated tokens."""
+    attempt: int
+    """0 decodes greedily; later attempts sample with seed ``attempt`` so a retry can differ."""
+    grammar: NamesGrammar | None = None
+    """When given, decoding is constrained to the grammar's JSON form."""
+
+
 class TextGenerator(Protocol):
     """Something that answers a prompt about zero or more RGB images."""
 
-    def generate(
-        self,
-        images: list[np.ndarray],
-        prompt: str,
-        *,
-        max_new_tokens: int,
-        attempt: int,
-        grammar: NamesGrammar | None = None,
-    ) -> str:
-        """Answer ``prompt`` about ``images`` (each (H, W, 3) uint8).
-
-        ``attempt`` 0 decodes greedily; later attempts sample with seed ``attempt`` so a retry
-        can give a different answer. ``grammar``, when given, constrains decoding to its JSON form.
-        """
+    def generate(self, images: list[np.ndarray], prompt: str, decoding: Decoding) -> str:
+        """Answer ``prompt`` about ``images`` (each (H, W, 3) uint8), decoded as ``decoding`` says."""
         ...

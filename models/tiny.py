@@ -11,6 +11,9 @@ RANDOM_INIT = "random-init"
 SEED = 0
 """Seed of every tiny network, so smoke outputs are reproducible."""
 
+TINY_LAYERS = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+"""Width, depth and heads of the tiny text/vision transformers (``transformers`` config keys)."""
+
 T = TypeVar("T")
 
 

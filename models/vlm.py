@@ -1,15 +1,18 @@
 """Vision-language model adapter: Qwen2.5-VL through ``transformers``."""
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from dv4d.models.generator import Decoding
+from dv4d.models.hf_adapter import HfAdapter, load_pretrained
 from dv4d.models.names_grammar import ALPHABET, DONE, NamesGrammar
 from dv4d.models.text_tokenizer import byte_tokenizer
-from dv4d.models.tiny import RANDOM_INIT, build_seeded
+from dv4d.models.tiny import TINY_LAYERS
 from dv4d.models.weights import ResolvedWeights
 
 MAX_IMAGE_PIXELS = 448 * 448
@@ -52,11 +55,8 @@ def _tiny_qwen() -> tuple[Any, Any]:
     }
     config = Qwen2_5_VLConfig(
         text_config={
+            **TINY_LAYERS,
             "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
             "num_key_value_heads": 1,
             "max_position_embeddings": 4096,
             "rope_scaling": {"type": "mrope", "rope_type": "default", "mrope_section": [2, 3, 3]},
@@ -93,38 +93,29 @@ def _tiny_qwen() -> tuple[Any, Any]:
     return model, processor
 
 
-class QwenVlAdapter:
+class QwenVlAdapter(HfAdapter):
     """Qwen2.5-VL (Alibaba) answering prompts about images; implements ``TextGenerator``."""
 
     model_name = "Qwen2.5-VL"
 
     def __init__(self, weights: ResolvedWeights | None) -> None:
-        self.weights = weights
-        self.weights_id = RANDOM_INIT if weights is None else weights.spec.weights_id
-        self.model: Any = None
-        self.processor: Any = None
-        self.device = "cpu"
-        self.dtype = torch.float32
+        super().__init__(weights)
         self._token_text: list[tuple[int, str]] | None = None
 
-    def load(self, device: str, dtype: torch.dtype) -> None:
-        """Build (smoke) or load (offline, safetensors, ``dtype`` at load time) the VLM."""
-        if self.weights is None:
-            model, processor = build_seeded(_tiny_qwen)
-            model = model.to(dtype=dtype)
-        else:
-            from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    def _tiny(self) -> tuple[Any, Any]:
+        return _tiny_qwen()
 
-            path = str(self.weights.path)
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                path, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=dtype
-            )
-            processor = AutoProcessor.from_pretrained(
-                path, local_files_only=True, min_pixels=28 * 28, max_pixels=MAX_IMAGE_PIXELS
-            )
-        self.model = model.to(device).eval()
-        self.processor = processor
-        self.device, self.dtype = device, dtype
+    def _pretrained(self, path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        return load_pretrained(
+            Qwen2_5_VLForConditionalGeneration,
+            AutoProcessor,
+            path,
+            dtype,
+            min_pixels=28 * 28,
+            max_pixels=MAX_IMAGE_PIXELS,
+        )
 
     def _candidate_tokens(self) -> list[tuple[int, str]]:
         """(id, text) of every token made only of characters the names grammar can use."""
@@ -152,18 +143,9 @@ class QwenVlAdapter:
         return allowed
 
     @torch.inference_mode()
-    def generate(
-        self,
-        images: list[np.ndarray],
-        prompt: str,
-        *,
-        max_new_tokens: int,
-        attempt: int,
-        grammar: NamesGrammar | None = None,
-    ) -> str:
+    def generate(self, images: list[np.ndarray], prompt: str, decoding: Decoding) -> str:
         """Answer ``prompt`` about ``images``; see ``TextGenerator.generate``."""
-        if self.model is None:
-            raise RuntimeError("Qwen2.5-VL: call load() before generate()")
+        self._require_loaded("generate")
         content: list[dict[str, str]] = [{"type": "image"} for _ in images]
         content.append({"type": "text", "text": prompt})
         text = self.processor.apply_chat_template(
@@ -174,11 +156,12 @@ class QwenVlAdapter:
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         prompt_len = inputs["input_ids"].shape[1]
-        options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": attempt > 0}
+        attempt = decoding.attempt
+        options: dict[str, Any] = {"max_new_tokens": decoding.max_new_tokens, "do_sample": attempt > 0}
         if attempt > 0:
             options.update(temperature=0.7, top_p=0.9)
-        if grammar is not None:
-            options["prefix_allowed_tokens_fn"] = self._grammar_fn(grammar, prompt_len)
+        if decoding.grammar is not None:
+            options["prefix_allowed_tokens_fn"] = self._grammar_fn(decoding.grammar, prompt_len)
         devices = [torch.device(self.device)] if self.device.startswith("cuda") else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(attempt)

@@ -9,7 +9,7 @@ import numpy as np
 
 from dv4d.models.base import DynamicObjectNames, Rephrasing
 from dv4d.models.errors import VlmOutputError
-from dv4d.models.generator import TextGenerator
+from dv4d.models.generator import Decoding, TextGenerator
 from dv4d.models.names_grammar import NamesGrammar, parse_dynamic_names
 
 MAX_ATTEMPTS = 3
@@ -57,9 +57,7 @@ def _with_retries(
 ) -> tuple[T, int]:
     problems = []
     for attempt in range(MAX_ATTEMPTS):
-        answer = generator.generate(
-            images, prompt, max_new_tokens=max_new_tokens, attempt=attempt, grammar=grammar
-        )
+        answer = generator.generate(images, prompt, Decoding(max_new_tokens, attempt, grammar))
         try:
             return check(answer), attempt + 1
         except ValueError as exc:
@@ -127,7 +125,7 @@ def contradiction(original: str, rephrased: str) -> str:
 def rephrase_camera(generator: TextGenerator, text: str) -> Rephrasing:
     """Let the VLM rephrase a trajectory caption; keep the original when it contradicts it."""
     answer = _clean_text_or_empty(
-        generator.generate([], REPHRASE_PROMPT.format(text=text), max_new_tokens=96, attempt=0)
+        generator.generate([], REPHRASE_PROMPT.format(text=text), Decoding(max_new_tokens=96, attempt=0))
     )
     if not answer:
         return Rephrasing(text, False, "empty answer")

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dv4d.models.errors import VlmOutputError
+from dv4d.models.generator import Decoding
 from dv4d.models.names_grammar import DONE, START, NamesGrammar, parse_dynamic_names
 from dv4d.models.vlm import QwenVlAdapter
 from dv4d.models.vlm_tasks import contradiction, dynamic_object_names, rephrase_camera
@@ -17,16 +18,8 @@ class FakeGenerator:
         self.answers = answers
         self.calls: list[tuple[int, int, str]] = []
 
-    def generate(
-        self,
-        images: list[np.ndarray],
-        prompt: str,
-        *,
-        max_new_tokens: int,
-        attempt: int,
-        grammar: NamesGrammar | None = None,
-    ) -> str:
-        self.calls.append((attempt, len(images), prompt))
+    def generate(self, images: list[np.ndarray], prompt: str, decoding: Decoding) -> str:
+        self.calls.append((decoding.attempt, len(images), prompt))
         return self.answers[len(self.calls) - 1]
 
 
@@ -131,8 +124,10 @@ def test_tiny_qwen_constrained_answer_parses() -> None:
     vlm.load("cpu", torch.float32)
     grammar = NamesGrammar(max_names=2, max_name_chars=6, min_names=1)
     images = [np.random.default_rng(i).integers(0, 256, (40, 60, 3), dtype=np.uint8) for i in range(2)]
-    answer = vlm.generate(images, "Which objects move?", max_new_tokens=64, attempt=0, grammar=grammar)
+    answer = vlm.generate(
+        images, "Which objects move?", Decoding(max_new_tokens=64, attempt=0, grammar=grammar)
+    )
     assert grammar.run(answer) == DONE
     assert 1 <= len(parse_dynamic_names(answer, grammar)) <= 2
-    free = vlm.generate([], "Say something.", max_new_tokens=8, attempt=1)
+    free = vlm.generate([], "Say something.", Decoding(max_new_tokens=8, attempt=1))
     assert isinstance(free, str)
