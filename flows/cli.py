@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ann.add_argument("--intrinsics", type=str, help="known fx,fy,cx,cy in source-video pixels")
     ann.add_argument("--refine-intrinsics", action="store_true", help="refine the given intrinsics")
+    ann.add_argument(
+        "--depth-dir", type=Path, help="folder of <video-stem>.npy z-depth priors, metres (N,h,w)"
+    )
+    ann.add_argument("--masks-dir", type=Path, help="folder of <video-stem>.npy instance-id priors (N,h,w)")
     ann.add_argument("--weights-dir", type=Path, help="folder with local copies of model weights")
     ann.add_argument("--overwrite", action="store_true", help="redo videos that are already complete")
     ann.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -108,10 +112,18 @@ def config_from_args(args: argparse.Namespace) -> AnnotateConfig:
             resolution=args.resolution,
             intrinsics=parse_intrinsics(args.intrinsics) if args.intrinsics else None,
             refine_intrinsics=args.refine_intrinsics,
+            depth_dir=args.depth_dir,
+            masks_dir=args.masks_dir,
             weights_dir=args.weights_dir,
         )
     except Dv4dError as exc:
         raise UsageError(str(exc)) from None
+
+
+def check_prior_dirs(args: argparse.Namespace) -> None:
+    for flag, folder in (("--depth-dir", args.depth_dir), ("--masks-dir", args.masks_dir)):
+        if folder is not None and not folder.is_dir():
+            raise UsageError(f"{flag} {folder} is not a folder")
 
 
 def check_models(cfg: AnnotateConfig) -> None:
@@ -158,6 +170,7 @@ def cmd_annotate(args: argparse.Namespace, console: Console) -> int:
 
     cfg = config_from_args(args)
     check_out_dir(args.out)
+    check_prior_dirs(args)
     check_models(cfg)
     videos, problems = find_videos(list(args.paths))
     if not videos and problems:

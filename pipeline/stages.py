@@ -5,6 +5,7 @@ import dataclasses
 import logging
 import os
 import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from dv4d.pipeline.ingest import SamplePlan, VideoInfo, iter_frames, plan_sampli
 from dv4d.pipeline.instances import InstanceTracker
 from dv4d.pipeline.keyframes import select_keyframes
 from dv4d.pipeline.motion import motion_mask
+from dv4d.pipeline.priors import load_depth_prior, load_masks_prior, prior_file
 from dv4d.pipeline.semantic import (
     object_captions,
     predict_depth,
@@ -35,8 +37,9 @@ PLAN = "plan.npz"
 KEYFRAMES = "keyframes.npy"
 GEOMETRY = "geometry.npz"
 GEOMETRY_FLAGS = "geometry.json"
-MODEL_DEPTH = "model_depth.npy"
-MODEL_DEPTH_JSON = "model_depth.json"
+DEPTH_PRIOR = "depth_prior.npy"
+DEPTH_PRIOR_JSON = "depth_prior.json"
+PRIORS_JSON = "priors.json"
 SCALE_JSON = "scale.json"
 PROPOSALS = "proposals.npy"
 PROPOSALS_JSON = "proposals.json"
@@ -153,6 +156,13 @@ def model_record(suite: ModelSuite, *roles: str) -> dict[str, Any]:
     }
 
 
+def prior_record(folder: Path | None, found: Path | None) -> str | None:
+    """Manifest entry of a folder prior: the file used, a note when this video has none, or ``None``."""
+    if folder is None:
+        return None
+    return str(found.resolve()) if found is not None else f"no {folder.resolve()}/<stem>.npy for this video"
+
+
 def run_all(
     runner: Any, info: VideoInfo, art: VideoArtifacts, cfg: AnnotateConfig, log: logging.Logger
 ) -> int:
@@ -174,17 +184,38 @@ def run_all(
     runner.run("keyframes", None, keyframes)
     is_keyframe = np.load(art.work(KEYFRAMES))
 
-    if suite.has("depth"):
+    depth_file = prior_file(cfg.depth_dir, info.path)
+    masks_file = prior_file(cfg.masks_dir, info.path)
+    write_json(art.work(PRIORS_JSON), {
+        "intrinsics": list(cfg.intrinsics) if cfg.intrinsics else None,
+        "depth": prior_record(cfg.depth_dir, depth_file),
+        "masks": prior_record(cfg.masks_dir, masks_file),
+    })  # fmt: skip
+    has_depth = depth_file is not None or suite.has("depth")
+    has_objects = masks_file is not None or suite.has("detector")
+
+    if depth_file is not None:
+
+        def depth_prior() -> dict[str, Any]:
+            out = open_array(art.work(DEPTH_PRIOR), shape, np.float16)
+            out[:] = load_depth_prior(depth_file, info, plan, size)
+            out.flush()
+            runner.progress.advance(num)
+            write_json(art.work(DEPTH_PRIOR_JSON), {"focal_px": None, "metric": True})
+            return {"model": "user-depth-prior", "weights": str(depth_file), "device": "cpu"}
+
+        runner.run("depth_prior", num, depth_prior)
+    elif suite.has("depth"):
 
         def depth_model() -> dict[str, Any]:
-            out = open_array(art.work(MODEL_DEPTH), shape, np.float16)
+            out = open_array(art.work(DEPTH_PRIOR), shape, np.float16)
             focal, metric = predict_depth(suite, frames, out, cfg.chunk_frames, runner.progress.advance)
             out.flush()
-            write_json(art.work(MODEL_DEPTH_JSON), {"focal_px": focal, "metric": metric})
+            write_json(art.work(DEPTH_PRIOR_JSON), {"focal_px": focal, "metric": metric})
             return model_record(suite, "depth")
 
         runner.run("depth_model", num, depth_model)
-    model_info = read_json(art.work(MODEL_DEPTH_JSON)) if suite.has("depth") else None
+    model_info = read_json(art.work(DEPTH_PRIOR_JSON)) if has_depth else None
 
     def geometry() -> dict[str, Any]:
         def tick(done: int, total: int) -> None:
@@ -195,7 +226,7 @@ def run_all(
             f = float(model_info["focal_px"])
             K_prior = np.array([[f, 0, (size[0] - 1) / 2], [0, f, (size[1] - 1) / 2], [0, 0, 1]])
         geo = estimate_geometry(frames, is_keyframe, K_prior, cfg.geometry, tick)
-        scale = metric_scale(frames, geo, load_array(art.work(MODEL_DEPTH))) if model_info else None
+        scale = metric_scale(frames, geo, load_array(art.work(DEPTH_PRIOR))) if model_info else None
         if model_info and scale is None:
             geo.flags.append("scale_unobserved")
         save_geometry(art, scaled(geo, scale or 1.0))
@@ -207,9 +238,9 @@ def run_all(
 
     def depth() -> dict[str, Any]:
         if model_info is not None:
-            link_into(art.work(MODEL_DEPTH), art.work(art.DEPTH))
+            link_into(art.work(DEPTH_PRIOR), art.work(art.DEPTH))
             runner.progress.advance(num)
-            return model_record(suite, "depth")
+            return dict(runner.components["depth_prior"]) if depth_file else model_record(suite, "depth")
         out = open_array(art.work(art.DEPTH), shape, np.float16)
         for i in range(num):
             out[i] = densify_depth(frames, geo, i)
@@ -219,7 +250,19 @@ def run_all(
 
     runner.run("depth", num, depth)
 
-    if suite.has("detector"):
+    if masks_file is not None:
+
+        def masks_prior() -> dict[str, Any]:
+            out = open_array(art.work(PROPOSALS), shape, np.uint16)
+            masks, labels = load_masks_prior(masks_file, info, plan, size)
+            out[:] = masks
+            out.flush()
+            runner.progress.advance(num)
+            write_json(art.work(PROPOSALS_JSON), {"names": [], "labels": labels})
+            return {"model": "user-masks-prior", "weights": str(masks_file), "device": "cpu"}
+
+        runner.run("objects", num, masks_prior)
+    elif suite.has("detector"):
 
         def objects() -> dict[str, Any]:
             out = open_array(art.work(PROPOSALS), shape, np.uint16)
@@ -234,7 +277,7 @@ def run_all(
 
     def instances() -> dict[str, Any]:
         depth_all = load_array(art.work(art.DEPTH))
-        proposals = load_array(art.work(PROPOSALS)) if suite.has("detector") else None
+        proposals = load_array(art.work(PROPOSALS)) if has_objects else None
         labels = read_json(art.work(PROPOSALS_JSON))["labels"] if proposals is not None else None
         ids = open_array(art.work(art.INSTANCES), shape, np.uint16)
         tracker = InstanceTracker(cfg.tracker)
@@ -316,8 +359,8 @@ def complete_manifest(
         "config": cfg.to_json(),
         "config_hash": art.config_hash,
         "components": runner.components,
-        "priors": {"intrinsics": list(cfg.intrinsics) if cfg.intrinsics else None},
-        "metric": bool((read_json(art.work(MODEL_DEPTH_JSON)) or {}).get("metric", False)),
+        "priors": read_json(art.work(PRIORS_JSON)),
+        "metric": bool((read_json(art.work(DEPTH_PRIOR_JSON)) or {}).get("metric", False)),
         "quality": {
             "reproj_rmse_px": geo_extra["reproj_rmse_px"],
             "static_fraction": geo_extra["static_fraction"],
