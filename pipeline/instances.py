@@ -95,6 +95,8 @@ def _centroid(mask: np.ndarray) -> np.ndarray:
 def _shift(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
     out = np.zeros_like(mask)
     height, width = mask.shape
+    if abs(dx) >= width or abs(dy) >= height:  # shifted out of the frame (negative slices would wrap)
+        return out
     src = mask[max(0, -dy) : height - max(0, dy), max(0, -dx) : width - max(0, dx)]
     out[max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
     return out

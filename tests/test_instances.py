@@ -142,3 +142,14 @@ def test_skipped_frames_static_proposals_and_flow_between_calls() -> None:
     assert record.label == "object"
     with pytest.raises(ValueError, match="labels need an integer"):
         tracker.update(20, np.zeros((H, W), bool), labels={1: "dog"})
+
+
+def test_coasting_track_shifted_out_of_frame_vanishes() -> None:
+    from dv4d.pipeline.instances import _shift
+
+    mask = np.zeros((20, 30), bool)
+    mask[5:10, 5:10] = True
+    for dx, dy in ((31, 0), (-40, 0), (0, 25), (0, -20), (100, 100)):
+        assert not _shift(mask, dx, dy).any()
+    moved = _shift(mask, 3, -2)
+    assert moved[3:8, 8:13].all() and moved.sum() == mask.sum()
