@@ -5,8 +5,9 @@ import dataclasses
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from dv4d.pipeline.semantic import (
     resolve_device,
 )
 from dv4d.pipeline.version import DV4D_VERSION
+
+if TYPE_CHECKING:
+    from dv4d.pipeline.run import StageRunner
 
 FRAMES = "frames.npy"
 PLAN = "plan.npz"
@@ -64,8 +68,14 @@ def intrinsics_prior(cfg: AnnotateConfig, info: VideoInfo, size: tuple[int, int]
     )
 
 
-def ingest(art: VideoArtifacts, info: VideoInfo, plan: SamplePlan, size: tuple[int, int], cfg: AnnotateConfig,
-           runner_advance: Any) -> dict[str, Any]:  # fmt: skip
+def ingest(
+    art: VideoArtifacts,
+    info: VideoInfo,
+    plan: SamplePlan,
+    size: tuple[int, int],
+    cfg: AnnotateConfig,
+    advance: Callable[[int], None],
+) -> dict[str, Any]:
     """Decode the sampled frames once: into a memory-mapped array for the stages and into ``rgb.mp4``."""
     width, height = size
     num = len(plan.frame_index)
@@ -77,7 +87,7 @@ def ingest(art: VideoArtifacts, info: VideoInfo, plan: SamplePlan, size: tuple[i
             frames[written : written + len(chunk)] = chunk
             writer.write(chunk)
             written += len(chunk)
-            runner_advance(len(chunk))
+            advance(len(chunk))
     frames.flush()
     np.savez(art.work(PLAN), frame_index=plan.frame_index, timestamps=plan.timestamps)
     return {"model": "ffmpeg", **CLASSICAL_CPU, "frames": written}
@@ -164,7 +174,7 @@ def prior_record(folder: Path | None, found: Path | None) -> str | None:
 
 
 def run_all(
-    runner: Any, info: VideoInfo, art: VideoArtifacts, cfg: AnnotateConfig, log: logging.Logger
+    runner: "StageRunner", info: VideoInfo, art: VideoArtifacts, cfg: AnnotateConfig, log: logging.Logger
 ) -> int:
     """Run every stage of one video; returns the number of sampled frames."""
     size = working_size(info.width, info.height, cfg.resolution, source=info.path)
@@ -341,7 +351,7 @@ def run_all(
 
 
 def complete_manifest(
-    base: dict[str, Any], runner: Any, art: VideoArtifacts, cfg: AnnotateConfig
+    base: dict[str, Any], runner: "StageRunner", art: VideoArtifacts, cfg: AnnotateConfig
 ) -> dict[str, Any]:
     """The ``complete`` manifest of a finished video (written last, into the staging folder)."""
     frames = load_array(art.work(FRAMES))
