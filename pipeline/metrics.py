@@ -95,3 +95,12 @@ def depth_errors(pred: np.ndarray, gt: np.ndarray, median_scale: bool = True) ->
         float(np.mean(ratio < 1.25)),
         float(valid.sum() / (gt > 0).sum()),
     )
+
+
+def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """IoU of two boolean masks of one shape (any number of frames); 1.0 when both are empty."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"mask shapes differ: {pred.shape} vs {gt.shape}")
+    p, g = pred.astype(bool), gt.astype(bool)
+    union = int(np.count_nonzero(p | g))
+    return 1.0 if union == 0 else int(np.count_nonzero(p & g)) / union

@@ -6,7 +6,7 @@ import pytest
 from dv4d.pipeline.errors import GeometryError
 from dv4d.pipeline.geometry import GeometryConfig, GeometryResult, estimate_geometry
 from dv4d.pipeline.keyframes import KeyframeConfig, select_keyframes
-from dv4d.pipeline.metrics import ate_rmse, rotation_angle_deg, rpe, trajectory_length, umeyama
+from dv4d.pipeline.metrics import ate_rmse, mask_iou, rotation_angle_deg, rpe, trajectory_length, umeyama
 from dv4d.pipeline.sparse_ba import BAProblem, bundle_adjust, project
 from dv4d.pipeline.synthetic import SceneConfig, SyntheticScene, render_scene
 
@@ -148,3 +148,14 @@ def test_umeyama_recovers_similarity() -> None:
     np.testing.assert_allclose(sim.apply(src), dst, atol=1e-9)
     with pytest.raises(ValueError):
         umeyama(src, dst[:10])
+
+
+def test_mask_iou() -> None:
+    a = np.zeros((2, 4, 4), bool)
+    b = np.zeros((2, 4, 4), bool)
+    assert mask_iou(a, b) == 1.0
+    a[0, :2] = True
+    b[0, :1] = True
+    assert mask_iou(a, b) == 0.5
+    with pytest.raises(ValueError):
+        mask_iou(a, b[0])
