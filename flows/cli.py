@@ -6,6 +6,7 @@ output folder not writable).
 """
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -23,6 +24,9 @@ from dv4d.pipeline.errors import Dv4dError
 from dv4d.pipeline.run import VideoResult, is_done
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+BENCH_COMMANDS = {"bal": "dv4d.flows.cmd_bench_bal"}
+"""``dv4d bench NAME`` -> module with ``add_parser(subparsers)`` and ``run(args, console) -> exit code``."""
 
 
 class UsageError(Exception):
@@ -86,13 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks; the last stdout line is a JSON object")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
-    bal = bsub.add_parser("bal", help="bundle adjustment on a BAL problem file (.txt or .bz2)")
-    bal.add_argument("file", type=Path)
-    bal.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    bal.add_argument("--max-iterations", type=int, default=50)
-    bal.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    bal.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
-    bal.add_argument("--json", action="store_true", help="print only the JSON line (no table)")
+    for module in BENCH_COMMANDS.values():
+        importlib.import_module(module).add_parser(bsub)
 
     ins = sub.add_parser("inspect", help="summarize one output folder and write a quick-look image")
     ins.add_argument("folder", type=Path, help="OUT/<video>")
@@ -272,27 +271,8 @@ def cmd_models(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, console: Console) -> int:
-    from dv4d.ba.bench import run_bal_benchmark
-    from dv4d.ba.errors import BundleAdjustmentError
-
-    if not args.file.is_file():
-        raise UsageError(f"{args.file}: no such file")
-    try:
-        report = run_bal_benchmark(args.file, args.device, args.max_iterations, args.dtype, args.threads)
-    except BundleAdjustmentError as exc:
-        raise UsageError(str(exc)) from None
-    if not args.json:
-        table = Table(title=f"LM on {report['problem']} ({report['device']}, {report['dtype']})")
-        for col in ("it", "cost", "step", "radius", "accepted", "seconds"):
-            table.add_column(col, justify="right")
-        for it in report["log"]:
-            cells = (it["cost"], it["step_norm"], it["trust_region_radius"])
-            table.add_row(str(it["iteration"]), *(f"{c:.4e}" for c in cells), str(it["accepted"]),
-                          f"{it['seconds']:.4f}")  # fmt: skip
-        console.print(table, highlight=False)
-    summary = {k: v for k, v in report.items() if k != "log"}
-    print(json.dumps(summary), flush=True)
-    return EXIT_OK
+    code: int = importlib.import_module(BENCH_COMMANDS[args.bench_command]).run(args, console)
+    return code
 
 
 def quiet_prefect() -> None:
