@@ -25,8 +25,10 @@ from dv4d.pipeline.run import VideoResult, is_done
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
+MODULE_COMMANDS = {"eval": "dv4d.flows.cmd_eval"}
+"""``dv4d NAME`` -> module with ``add_parser(subparsers)`` and ``run(args, console) -> exit code``."""
 BENCH_COMMANDS = {"bal": "dv4d.flows.cmd_bench_bal"}
-"""``dv4d bench NAME`` -> module with ``add_parser(subparsers)`` and ``run(args, console) -> exit code``."""
+"""``dv4d bench NAME`` -> module of the same shape."""
 
 
 class UsageError(Exception):
@@ -92,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = bench.add_subparsers(dest="bench_command", required=True)
     for module in BENCH_COMMANDS.values():
         importlib.import_module(module).add_parser(bsub)
+
+    for module in MODULE_COMMANDS.values():
+        importlib.import_module(module).add_parser(sub)
 
     ins = sub.add_parser("inspect", help="summarize one output folder and write a quick-look image")
     ins.add_argument("folder", type=Path, help="OUT/<video>")
@@ -280,6 +285,8 @@ def quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # the ephemeral API server is a subprocess: give it time on a loaded machine (Prefect default 20 s)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 COMMANDS: dict[str, Any] = {
@@ -297,7 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=False)
     t0 = time.perf_counter()
     try:
-        code: int = COMMANDS[args.command](args, console)
+        if args.command in MODULE_COMMANDS:
+            code: int = importlib.import_module(MODULE_COMMANDS[args.command]).run(args, console)
+        else:
+            code = COMMANDS[args.command](args, console)
     except UsageError as exc:
         print(f"dv4d {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
