@@ -61,7 +61,11 @@ def trajectory_length(c2w: np.ndarray) -> float:
 def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
     """Rotation angle (degrees) of (..., 3, 3) rotation matrices."""
     cos = (np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    skew = np.stack(
+        [R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1
+    )
+    sin = np.linalg.norm(skew, axis=-1) / 2.0  # atan2 keeps precision at small angles, where arccos loses it
+    return np.degrees(np.arctan2(sin, cos))
 
 
 def rpe(c2w_est: np.ndarray, c2w_gt: np.ndarray) -> tuple[float, float]:

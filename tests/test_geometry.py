@@ -159,3 +159,10 @@ def test_mask_iou() -> None:
     assert mask_iou(a, b) == 0.5
     with pytest.raises(ValueError):
         mask_iou(a, b[0])
+
+
+def test_rotation_angle_small_and_large() -> None:
+    for angle in (1e-6, 0.01, 30.0, 179.0):
+        c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+        R = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        assert rotation_angle_deg(R) == pytest.approx(angle, rel=1e-9)
