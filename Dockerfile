@@ -1,7 +1,8 @@
 # dv4d on a CUDA GPU node: `docker build -t dv4d .` then
 #   docker run --gpus all -v $PWD/videos:/videos -v $PWD/out:/out -v $HOME/.cache/huggingface:/root/.cache/huggingface \
 #       dv4d annotate /videos -o /out --preset default
-# The image is also what a Prefect docker/kubernetes work pool runs (see README, "Scale-out").
+# The image is also what a Prefect docker/kubernetes work pool runs (see README, "Scale-out"): the entrypoint
+# runs dv4d for `docker run IMAGE annotate ...` and passes `prefect ...` / `python ...` commands of a worker through.
 # torch 2.14.1 wheels (cu130) bundle cuDNN and cuBLAS; the base image brings the CUDA runtime and driver hooks.
 FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
 
@@ -22,6 +23,8 @@ COPY pipeline pipeline
 COPY flows flows
 RUN pip install --upgrade pip && pip install .
 
+RUN printf '#!/bin/sh\ncase "$1" in\n  prefect|python|python3|sh|bash) exec "$@" ;;\n  *) exec dv4d "$@" ;;\nesac\n' \
+        > /usr/local/bin/dv4d-entrypoint && chmod +x /usr/local/bin/dv4d-entrypoint
 WORKDIR /work
-ENTRYPOINT ["dv4d"]
+ENTRYPOINT ["dv4d-entrypoint"]
 CMD ["--help"]

@@ -25,7 +25,11 @@ from dv4d.pipeline.run import VideoResult, is_done
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-MODULE_COMMANDS = {"eval": "dv4d.flows.cmd_eval"}
+MODULE_COMMANDS = {
+    "eval": "dv4d.flows.cmd_eval",
+    "deploy": "dv4d.flows.cmd_deploy",
+    "submit": "dv4d.flows.cmd_submit",
+}
 """``dv4d NAME`` -> module with ``add_parser(subparsers)`` and ``run(args, console) -> exit code``."""
 BENCH_COMMANDS = {"bal": "dv4d.flows.cmd_bench_bal"}
 """``dv4d bench NAME`` -> module of the same shape."""
@@ -56,6 +60,28 @@ class RichProgress:
             self.progress.advance(self.stage_task, amount)
 
 
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """The options that make an ``AnnotateConfig`` (read by ``dv4d.flows.cli.config_from_args``)."""
+    parser.add_argument(
+        "--preset", choices=PRESETS, default="classical", help="model preset (default: classical)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--fps", type=float, help="cap on the sampled frame rate (default: every frame)")
+    parser.add_argument("--max-frames", type=int, help="cap on the number of sampled frames")
+    parser.add_argument(
+        "--resolution", type=int, default=512, help="long side of the working size (default 512)"
+    )
+    parser.add_argument("--intrinsics", type=str, help="known fx,fy,cx,cy in source-video pixels")
+    parser.add_argument("--refine-intrinsics", action="store_true", help="refine the given intrinsics")
+    parser.add_argument(
+        "--depth-dir", type=Path, help="folder of <video-stem>.npy z-depth priors, metres (N,h,w)"
+    )
+    parser.add_argument(
+        "--masks-dir", type=Path, help="folder of <video-stem>.npy instance-id priors (N,h,w)"
+    )
+    parser.add_argument("--weights-dir", type=Path, help="folder with local copies of model weights")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dv4d", description="Videos to metric 4D annotations.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,22 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     ann = sub.add_parser("annotate", help="annotate videos (files or folders) into OUT")
     ann.add_argument("paths", nargs="+", type=Path, help="video files or folders (searched recursively)")
     ann.add_argument("-o", "--out", type=Path, required=True, help="output folder")
-    ann.add_argument(
-        "--preset", choices=PRESETS, default="classical", help="model preset (default: classical)"
-    )
-    ann.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    ann.add_argument("--fps", type=float, help="cap on the sampled frame rate (default: every frame)")
-    ann.add_argument("--max-frames", type=int, help="cap on the number of sampled frames")
-    ann.add_argument(
-        "--resolution", type=int, default=512, help="long side of the working size (default 512)"
-    )
-    ann.add_argument("--intrinsics", type=str, help="known fx,fy,cx,cy in source-video pixels")
-    ann.add_argument("--refine-intrinsics", action="store_true", help="refine the given intrinsics")
-    ann.add_argument(
-        "--depth-dir", type=Path, help="folder of <video-stem>.npy z-depth priors, metres (N,h,w)"
-    )
-    ann.add_argument("--masks-dir", type=Path, help="folder of <video-stem>.npy instance-id priors (N,h,w)")
-    ann.add_argument("--weights-dir", type=Path, help="folder with local copies of model weights")
+    add_config_options(ann)
     ann.add_argument("--overwrite", action="store_true", help="redo videos that are already complete")
     ann.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
