@@ -59,12 +59,12 @@ class BalProblem:
 
     def evaluate(self, state: BalState, jacobians: bool) -> list[ResidualTerm]:
         """One term: (N, 2) residuals with (N, 2, 9) camera and (N, 2, 3) point Jacobians."""
-        cams = state.cameras[self.data.camera_index]
+        cam_idx = self.data.camera_index
         pts = state.points[self.data.point_index]
         if not jacobians:
-            r = bal_project(cams, pts) - self.data.observations
+            r = bal_project(state.cameras, pts, cam_idx) - self.data.observations
             return [ResidualTerm(r, self.loss, self._columns, None, self.data.point_index, None)]
-        proj = bal_project_with_jacobians(cams, pts)
+        proj = bal_project_with_jacobians(state.cameras, pts, cam_idx)
         r = proj.predicted - self.data.observations
         return [ResidualTerm(r, self.loss, self._columns, proj.d_camera, self.data.point_index, proj.d_point)]
 
@@ -72,6 +72,6 @@ class BalProblem:
         """Additive update of cameras and points."""
         return BalState(state.cameras + camera_step.reshape(-1, BAL_CAMERA_DIM), state.points + point_step)
 
-    def parameter_norm(self, state: BalState) -> float:
-        """Euclidean norm of all parameters."""
-        return float(torch.sqrt((state.cameras**2).sum() + (state.points**2).sum()))
+    def parameter_norm(self, state: BalState) -> Tensor:
+        """0-d Euclidean norm of all parameters."""
+        return torch.sqrt((state.cameras * state.cameras).sum() + (state.points * state.points).sum())

@@ -1,7 +1,9 @@
 """BAL benchmark: solve a BAL file with the Levenberg-Marquardt + Schur solver and report a JSON-able dict."""
 
+import itertools
+import statistics
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +66,15 @@ def _timed_solve(data: BalData, device: str, dtype: str, config: LMConfig) -> di
         raise BundleAdjustmentError("device cuda requested but CUDA is not available")
     on_device = data.to(device, torch_dtype)
     warm = BalProblem(_warmup_problem(device, torch_dtype))
-    solve_lm(warm, warm.initial_state(), LMConfig(max_iterations=3, linear_solver=config.linear_solver))
+    solve_lm(warm, warm.initial_state(), replace(config, max_iterations=3))
     problem = BalProblem(on_device)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = solve_lm(problem, problem.initial_state(), config)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    ends = [0.0] + [it.seconds for it in result.iterations]
+    durations = [b - a for a, b in itertools.pairwise(ends)]
     return {
         "problem": data.name,
         "cameras": data.num_cameras,
@@ -82,7 +86,10 @@ def _timed_solve(data: BalData, device: str, dtype: str, config: LMConfig) -> di
         "successful_steps": result.num_successful_steps,
         "termination": result.termination,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "ms_per_iteration": 1000 * seconds / max(1, len(result.iterations)),
+        "median_iteration_ms": 1000 * statistics.median(durations) if durations else 0.0,
+        "cuda_graphs": result.cuda_graphs,
         "linear_solver": result.linear_solver,
         "device": str(torch.device(device)),
         "dtype": dtype,
@@ -92,14 +99,24 @@ def _timed_solve(data: BalData, device: str, dtype: str, config: LMConfig) -> di
 
 
 def run_bal_benchmark(
-    path: Path, device: str = "cpu", max_iterations: int = 50, dtype: str = "float64", threads: int | None = 1
+    path: Path,
+    device: str = "cpu",
+    max_iterations: int = 50,
+    dtype: str = "float64",
+    threads: int | None = 1,
+    cuda_graphs: bool = True,
 ) -> dict[str, Any]:
     """Solve the BAL problem at path: sizes, costs, iterations, solve seconds and the per-iteration log.
 
     ``seconds`` covers the solve only (parsing, the transfer to the device and a warm-up solve of a
     tiny problem that pays one-time kernel start-up costs are excluded). Keys: problem, cameras,
     points, observations, initial_cost, final_cost, iterations, successful_steps, termination,
-    seconds, ms_per_iteration, linear_solver, device, dtype, threads, log (one dict per iteration).
+    seconds, cpu_seconds (process CPU time of the solve, all threads: on a machine shared with other
+    busy processes it grows far less than wall time), ms_per_iteration, median_iteration_ms (median
+    wall time of one iteration, which leaves out the first linearisation and the CUDA graph
+    capture), linear_solver, cuda_graphs (whether the iterations were replayed from CUDA graphs),
+    device, dtype, threads, log (one dict per iteration). The ``cuda_graphs`` argument is
+    ``LMConfig.cuda_graphs`` (used on CUDA only).
 
     ``threads`` sets torch's CPU threads for the solve (None keeps the current setting). The default 1
     is deliberate: torch's OpenMP pool spins at barriers, so on a machine whose cores are shared with
@@ -107,7 +124,20 @@ def run_bal_benchmark(
     two on an idle 2-core machine.
     """
     _dtype(dtype)
-    return _solve_and_report(read_bal(path), device, dtype, LMConfig(max_iterations=max_iterations), threads)
+    return benchmark_bal_data(read_bal(path), device, max_iterations, dtype, threads, cuda_graphs)
+
+
+def benchmark_bal_data(
+    data: BalData,
+    device: str = "cpu",
+    max_iterations: int = 50,
+    dtype: str = "float64",
+    threads: int | None = 1,
+    cuda_graphs: bool = True,
+) -> dict[str, Any]:
+    """``run_bal_benchmark`` on a problem already read (to time several settings without re-parsing)."""
+    config = LMConfig(max_iterations=max_iterations, cuda_graphs=cuda_graphs)
+    return _solve_and_report(data, device, dtype, config, threads)
 
 
 def run_synthetic_benchmark(
@@ -118,6 +148,7 @@ def run_synthetic_benchmark(
     max_iterations: int = 50,
     dtype: str = "float64",
     threads: int | None = 1,
+    cuda_graphs: bool = True,
 ) -> dict[str, Any]:
     """Scaling run on a synthetic BAL problem with known truth (see ``dv4d.ba.synthetic``).
 
@@ -125,7 +156,8 @@ def run_synthetic_benchmark(
     ``noise_floor`` (expected optimum 0.5 sigma^2 (2N - parameters)).
     """
     syn = make_synthetic_bal(num_cameras, num_points, observations_per_point)
-    report = _solve_and_report(syn.start, device, dtype, LMConfig(max_iterations=max_iterations), threads)
+    config = LMConfig(max_iterations=max_iterations, cuda_graphs=cuda_graphs)
+    report = _solve_and_report(syn.start, device, dtype, config, threads)
     params = 9 * num_cameras + 3 * num_points
     report["truth_cost"] = bal_cost(syn.truth)
     report["noise_floor"] = 0.5 * syn.noise_px**2 * (2 * syn.start.num_observations - params)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from dv4d.ba.errors import BundleAdjustmentError
-from dv4d.ba.lie import so3_exp, so3_left_jacobian
+from dv4d.ba.lie import so3_exp, so3_exp_and_left_jacobian
 from dv4d.ba.tensor_ops import small_matmul, small_matvec
 
 
@@ -88,37 +88,63 @@ class BalProjection:
     """(N, 2, 3) derivative with respect to the world point."""
 
 
-def bal_project(cameras: Tensor, points: Tensor) -> Tensor:
-    """Predicted BAL image points (N, 2) for per-observation cameras (N, 9) and points (N, 3)."""
-    p_cam = small_matvec(so3_exp(cameras[:, :3]), points) + cameras[:, 3:6]
+def _bal_rotations(cameras: Tensor, camera_index: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Rotation matrices (N, 3, 3) of each observation and its camera rows (N, 9).
+
+    With ``camera_index`` the rotations are computed once per camera (C, not N, Rodrigues formulas)
+    and gathered.
+    """
+    rot = so3_exp(cameras[:, :3])
+    if camera_index is None:
+        return rot, cameras
+    return rot[camera_index], cameras[camera_index]
+
+
+def bal_project(cameras: Tensor, points: Tensor, camera_index: Tensor | None = None) -> Tensor:
+    """Predicted BAL image points (N, 2) for points (N, 3).
+
+    ``cameras`` holds one row per observation (N, 9), or one per camera (C, 9) with ``camera_index``
+    (N,) int64 naming each observation's camera.
+    """
+    rot, cams = _bal_rotations(cameras, camera_index)
+    p_cam = small_matvec(rot, points) + cams[:, 3:6]
     p = -p_cam[:, :2] / p_cam[:, 2:3]
     r2 = p[:, :1] * p[:, :1] + p[:, 1:] * p[:, 1:]
-    distortion = 1 + r2 * (cameras[:, 7:8] + cameras[:, 8:9] * r2)
-    return cameras[:, 6:7] * distortion * p
+    distortion = 1 + r2 * (cams[:, 7:8] + cams[:, 8:9] * r2)
+    return cams[:, 6:7] * distortion * p
 
 
-def bal_project_with_jacobians(cameras: Tensor, points: Tensor) -> BalProjection:
+def bal_project_with_jacobians(
+    cameras: Tensor, points: Tensor, camera_index: Tensor | None = None
+) -> BalProjection:
     """``bal_project`` with analytic Jacobians (angle-axis through the SO(3) left Jacobian)."""
-    w = cameras[:, :3]
-    rot = so3_exp(w)
+    rot, left = so3_exp_and_left_jacobian(cameras[:, :3])
+    cams = cameras
+    if camera_index is not None:
+        rot, left, cams = rot[camera_index], left[camera_index], cameras[camera_index]
     rx = small_matvec(rot, points)
-    p_cam = rx + cameras[:, 3:6]
+    p_cam = rx + cams[:, 3:6]
     inv_z = 1 / p_cam[:, 2]
-    p = -p_cam[:, :2] * inv_z[:, None]
-    f, k1, k2 = cameras[:, 6], cameras[:, 7], cameras[:, 8]
-    r2 = p[:, 0] * p[:, 0] + p[:, 1] * p[:, 1]
+    px, py = -p_cam[:, 0] * inv_z, -p_cam[:, 1] * inv_z
+    f, k1, k2 = cams[:, 6], cams[:, 7], cams[:, 8]
+    r2 = px * px + py * py
     distortion = 1 + r2 * (k1 + k2 * r2)
-    predicted = (f * distortion)[:, None] * p
+    fd = f * distortion
+    predicted = torch.stack((fd * px, fd * py), dim=-1)
     # d predicted / d P_cam = -(f / z) [distortion I + c p p^T | (distortion + c r2) p], c = 2 (k1 + 2 k2 r2)
-    c = 2 * (k1 + 2 * k2 * r2)
     scale = -f * inv_z
-    pp = (scale * c)[:, None, None] * (p[:, :, None] * p[:, None, :])
-    pp = pp + (scale * distortion)[:, None, None] * torch.eye(2, dtype=p.dtype, device=p.device)
-    d_proj = torch.cat((pp, ((scale * (distortion + c * r2))[:, None] * p)[:, :, None]), dim=-1)
-    # row_i(d_proj) [-rx]x = rx x row_i(d_proj)
-    d_rot = small_matmul(
-        torch.linalg.cross(rx[:, None, :].expand(-1, 2, -1), d_proj, dim=-1), so3_left_jacobian(w)
+    sc = scale * 2 * (k1 + 2 * k2 * r2)
+    sd = scale * distortion
+    s_xy = sc * px * py
+    s_z = sd + sc * r2
+    d_proj = torch.stack((sd + sc * px * px, s_xy, s_z * px, s_xy, sd + sc * py * py, s_z * py), -1).reshape(
+        -1, 2, 3
     )
-    d_intr = torch.stack((distortion[:, None] * p, (f * r2)[:, None] * p, (f * r2 * r2)[:, None] * p), dim=-1)
-    d_camera = torch.cat((d_rot, d_proj, d_intr), dim=-1)
+    # row_i(d_proj) [-rx]x = rx x row_i(d_proj)
+    d_rot = small_matmul(torch.linalg.cross(rx[:, None, :].expand(-1, 2, -1), d_proj, dim=-1), left)
+    fr2 = f * r2
+    d_intr = torch.stack(
+        (distortion * px, fr2 * px, fr2 * r2 * px, distortion * py, fr2 * py, fr2 * r2 * py), -1
+    )
+    d_camera = torch.cat((d_rot, d_proj, d_intr.reshape(-1, 2, 3)), dim=-1)
     return BalProjection(predicted, d_camera, small_matmul(d_proj, rot))

@@ -47,12 +47,18 @@ def _angle(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _rodrigues_coefficients(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """A = sin t / t, B = (1 - cos t) / t^2, C = (t - sin t) / t^3 for t = |w|, each (...,)."""
-    theta, theta2, small = _angle(w)
+    """A = sin t / t, B = (1 - cos t) / t^2, C = (t - sin t) / t^3 for t = |w|, each (...,).
+
+    Few operations (one sine, one cosine, series in Horner form): on CUDA each one is a kernel.
+    """
     t2 = _squared_norm(w)
-    a = torch.where(small, 1 - t2 / 6 + t2 * t2 / 120, torch.sin(theta) / theta)
-    b = torch.where(small, 0.5 - t2 / 24 + t2 * t2 / 720, (1 - torch.cos(theta)) / theta2)
-    c = torch.where(small, 1 / 6 - t2 / 120 + t2 * t2 / 5040, (theta - torch.sin(theta)) / (theta2 * theta))
+    small = t2 < _SMALL_ANGLE**2
+    safe2 = torch.where(small, torch.ones_like(t2), t2)
+    theta = safe2.sqrt()
+    sin = torch.sin(theta)
+    a = torch.where(small, 1 + t2 * (t2 / 120 - 1 / 6), sin / theta)
+    b = torch.where(small, 0.5 + t2 * (t2 / 720 - 1 / 24), (1 - torch.cos(theta)) / safe2)
+    c = torch.where(small, 1 / 6 + t2 * (t2 / 5040 - 1 / 120), (theta - sin) / (safe2 * theta))
     return a, b, c
 
 
@@ -74,6 +80,16 @@ def so3_left_jacobian(w: Tensor) -> Tensor:
     _, b, c = _rodrigues_coefficients(w)
     eye = torch.eye(3, dtype=w.dtype, device=w.device)
     return eye + b[..., None, None] * skew(w) + c[..., None, None] * _skew_squared(w)
+
+
+def so3_exp_and_left_jacobian(w: Tensor) -> tuple[Tensor, Tensor]:
+    """``so3_exp(w)`` and ``so3_left_jacobian(w)`` together, sharing their terms (half the kernels)."""
+    a, b, c = _rodrigues_coefficients(w)
+    eye = torch.eye(3, dtype=w.dtype, device=w.device)
+    k, k2 = skew(w), _skew_squared(w)
+    return eye + a[..., None, None] * k + b[..., None, None] * k2, eye + b[..., None, None] * k + c[
+        ..., None, None
+    ] * k2
 
 
 def so3_left_jacobian_inverse(w: Tensor) -> Tensor:

@@ -7,6 +7,12 @@ point side is eliminated by the Schur complement. A problem returns its residual
 ``ResidualTerm`` (one per kind of residual), each with per-residual Jacobian blocks and the
 column / point indices they belong to. The index tensors must be the same on every evaluation
 (the solver caches the sparsity structure built from the first one).
+
+The state (``StateT``) must be a dataclass whose fields are tensors: the solver copies it once and
+then selects between the current and the candidate state field by field, on the device. For CUDA
+graphs (``LMConfig.cuda_graphs``), ``evaluate`` and ``retract`` must not read values back to the
+host (``float(t)``, ``.item()``, boolean-mask indexing) and must give tensors of the same sizes on
+every call.
 """
 
 from dataclasses import dataclass
@@ -69,6 +75,6 @@ class LeastSquaresProblem(Protocol[StateT]):
         """State moved by a step: camera_step (num_camera_parameters,), point_step (num_points, point_dim)."""
         ...
 
-    def parameter_norm(self, state: StateT) -> float:
-        """Norm of the parameters, for the relative parameter tolerance."""
+    def parameter_norm(self, state: StateT) -> Tensor | float:
+        """Norm of the parameters, for the relative parameter tolerance (a 0-d tensor avoids a host sync)."""
         ...

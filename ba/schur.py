@@ -27,8 +27,8 @@ from dv4d.ba.tensor_ops import small_at_b, small_matmul, small_matvec
 class Damping:
     """Levenberg-Marquardt damping: lambda * clamp(diag(J'J), min, max) is added to the diagonal."""
 
-    lam: float
-    """lambda = 1 / trust-region radius."""
+    lam: float | Tensor
+    """lambda = 1 / trust-region radius (a float, or a 0-d tensor kept on the device)."""
     min_diagonal: float
     """Lower clamp of diag(J'J) (Ceres' min_lm_diagonal)."""
     max_diagonal: float
@@ -43,10 +43,11 @@ class Step:
     """(n_c,) camera-side step."""
     point: Tensor
     """(P, d) point-side step."""
-    ok: bool
-    """False when the reduced system was not positive definite (the step must be rejected)."""
-    iterations: int
-    """Conjugate-gradient iterations (0 for the direct solve)."""
+    ok: Tensor
+    """0-d bool, False when the reduced system was not positive definite (the step must be rejected;
+    both parts are zero then). A tensor, so that the solver need not wait for the device."""
+    iterations: Tensor
+    """0-d int64 conjugate-gradient iterations (0 for the direct solve)."""
 
 
 _PAIR_CHUNK = 16
@@ -78,7 +79,7 @@ class SchurStructure:
     """Flat indices in the padded (n_c + 1)^2 matrix of the M * K * K block entries, followed by
     those of the transposes of the off-diagonal blocks."""
     off_diagonal: Tensor
-    """(M,) bool, blocks whose transpose is scattered as well."""
+    """(M',) int64 indices of the off-diagonal blocks, whose transposes are scattered as well."""
     workspace: dict[str, Tensor] = field(default_factory=dict)
     """Output buffers of the large gathers, reused between solves (fresh allocations of tens of MB
     cost more in page faults than the gathers themselves)."""
@@ -151,7 +152,7 @@ def build_schur_structure(ne: NormalEquations) -> SchurStructure:
     cols_a, cols_b = groups[block_ga], groups[block_gb]
     direct = cols_a[:, :, None] * (n_c + 1) + cols_b[:, None, :]
     transposed = cols_b[:, None, :] * (n_c + 1) + cols_a[:, :, None]
-    off_diagonal = block_ga != block_gb
+    off_diagonal = torch.nonzero(block_ga != block_gb).squeeze(1)
     scatter = torch.cat((direct.reshape(-1), transposed[off_diagonal].reshape(-1)))
     return SchurStructure(
         row_chunks, row_chunk_keys, chunk_a, chunk_b, chunk_keys, num_blocks, scatter, off_diagonal
@@ -179,7 +180,9 @@ def _inverse_blocks(v: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class _Eliminated:
+class EliminatedPoints:
+    """The point blocks eliminated from a damped system: what the back-substitution needs."""
+
     v_inv: Tensor
     """(P + 1, d, d) damped point-block inverses, zero dummy last."""
     y: Tensor
@@ -190,7 +193,7 @@ class _Eliminated:
     """(n_c,) damping added to the camera diagonal."""
 
 
-def _eliminate(ne: NormalEquations, damping: Damping) -> _Eliminated:
+def _eliminate(ne: NormalEquations, damping: Damping) -> EliminatedPoints:
     n_c, d = ne.num_camera_parameters, ne.point_dim
     diag_p = torch.diagonal(ne.v, dim1=-2, dim2=-1).clamp(damping.min_diagonal, damping.max_diagonal)
     v_damped = ne.v + torch.diag_embed(damping.lam * diag_p)
@@ -200,10 +203,10 @@ def _eliminate(ne: NormalEquations, damping: Damping) -> _Eliminated:
     rhs = torch.cat((-ne.g_camera, ne.g_camera.new_zeros(1)))
     rhs.index_add_(0, ne.columns.reshape(-1), small_matvec(y, g_pad[ne.row_point]).reshape(-1))
     damp_c = damping.lam * ne.diag_camera.clamp(damping.min_diagonal, damping.max_diagonal)
-    return _Eliminated(v_inv, y, rhs[:n_c], damp_c)
+    return EliminatedPoints(v_inv, y, rhs[:n_c], damp_c)
 
 
-def _back_substitute(ne: NormalEquations, elim: _Eliminated, camera_step: Tensor) -> Tensor:
+def _back_substitute(ne: NormalEquations, elim: EliminatedPoints, camera_step: Tensor) -> Tensor:
     num_p, d = ne.num_points, ne.point_dim
     cam = torch.cat((camera_step, camera_step.new_zeros(1)))
     t = torch.cat((-ne.g_point, ne.g_point.new_zeros(1, d)))
@@ -212,59 +215,110 @@ def _back_substitute(ne: NormalEquations, elim: _Eliminated, camera_step: Tensor
     return small_matvec(elim.v_inv, t)[:num_p]
 
 
-def _gather(structure: SchurStructure, name: str, source: Tensor, index: Tensor) -> Tensor:
-    """source[index.reshape(-1)] into a workspace buffer kept on the structure."""
-    shape = (index.numel(), source.shape[1])
+def _workspace(structure: SchurStructure, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """An uninitialised buffer kept on the structure and reused by every solve of the same problem."""
     buffer = structure.workspace.get(name)
-    if buffer is None or buffer.shape != shape or buffer.dtype != source.dtype:
-        buffer = source.new_empty(shape)
+    if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device:
+        buffer = like.new_empty(shape)
         structure.workspace[name] = buffer
+    return buffer
+
+
+def _gather(structure: SchurStructure, name: str, source: Tensor, index: Tensor) -> Tensor:
+    """source[index.reshape(-1)] into a workspace buffer."""
+    buffer = _workspace(structure, name, (index.numel(), source.shape[1]), source)
     return torch.index_select(source, 0, index.reshape(-1), out=buffer)
 
 
-def _transposed_rows(x: Tensor) -> Tensor:
-    """(R, K, d) -> (R + 1, d * K): rows transposed and flattened, plus a zero row for padding."""
-    out = x.new_zeros(x.shape[0] + 1, x.shape[2], x.shape[1])
-    out[:-1] = x.transpose(1, 2)
-    return out.reshape(x.shape[0] + 1, -1)
+def _padded_rows(structure: SchurStructure, name: str, x: Tensor, transpose: bool) -> Tensor:
+    """(R, a, b) -> (R + 1, a * b) in a workspace (rows transposed first when asked), last row zero."""
+    rows = x.transpose(1, 2) if transpose else x
+    buffer = _workspace(structure, name, (x.shape[0] + 1, *rows.shape[1:]), x)
+    buffer[:-1].copy_(rows)
+    buffer[-1].zero_()
+    return buffer.reshape(x.shape[0] + 1, -1)
+
+
+def _chunk_gram(structure: SchurStructure, name: str, left: Tensor, right: Tensor) -> Tensor:
+    """Per chunk, left' right of gathered (num_chunks, chunk * inner, k) rows: (num_chunks, k * k)."""
+    k = left.shape[2]
+    out = _workspace(structure, name, (left.shape[0], k, k), left)
+    return torch.bmm(left.transpose(1, 2), right, out=out).reshape(left.shape[0], k * k)
 
 
 def reduced_camera_matrix(
     ne: NormalEquations, structure: SchurStructure, elim_y: Tensor, damp: Tensor
 ) -> Tensor:
-    """Dense S = U + damping - W V^-1 W' of shape (n_c, n_c)."""
+    """Dense S = U + damping - W V^-1 W' of shape (n_c, n_c).
+
+    Large intermediates live in workspace buffers on the structure: fresh allocations of several
+    MB per solve cost more in page faults than the arithmetic on CPU.
+    """
     n_c = ne.num_camera_parameters
     _, k, d = ne.row_w.shape
     m = ne.row_jacobian.shape[1]
     acc = ne.row_w.new_zeros(structure.num_blocks, k * k)
-    jac = torch.cat((ne.row_jacobian, ne.row_jacobian.new_zeros(1, m, k)))
+    jac = _padded_rows(structure, "jacobian", ne.row_jacobian, transpose=False)
     num_chunks, chunk = structure.row_chunks.shape
-    jc = jac[structure.row_chunks].permute(0, 3, 1, 2).reshape(num_chunks, k, chunk * m)
-    acc.index_add_(0, structure.row_chunk_keys, (jc @ jc.transpose(1, 2)).reshape(num_chunks, k * k))
-    yt = _transposed_rows(elim_y)
-    wt = _transposed_rows(ne.row_w)
+    jc = _gather(structure, "rows", jac, structure.row_chunks).reshape(num_chunks, chunk * m, k)
+    acc.index_add_(0, structure.row_chunk_keys, _chunk_gram(structure, "u", jc, jc))
+    yt = _padded_rows(structure, "y", elim_y, transpose=True)
+    wt = _padded_rows(structure, "w", ne.row_w, transpose=True)
     num_chunks, chunk = structure.chunk_a.shape
     ya = _gather(structure, "a", yt, structure.chunk_a).reshape(num_chunks, chunk * d, k)
     wb = _gather(structure, "b", wt, structure.chunk_b).reshape(num_chunks, chunk * d, k)
-    prod = ya.transpose(1, 2) @ wb
-    acc.index_add_(0, structure.chunk_keys, prod.reshape(num_chunks, k * k), alpha=-1)
+    acc.index_add_(0, structure.chunk_keys, _chunk_gram(structure, "pairs", ya, wb), alpha=-1)
     values = torch.cat((acc.reshape(-1), acc.reshape(-1, k, k)[structure.off_diagonal].reshape(-1)))
-    s = acc.new_zeros((n_c + 1) * (n_c + 1)).index_add_(0, structure.scatter_index, values)
+    s = _workspace(structure, "s", ((n_c + 1) * (n_c + 1),), acc).zero_()
+    s.index_add_(0, structure.scatter_index, values)
     return s.reshape(n_c + 1, n_c + 1)[:n_c, :n_c] + torch.diag(damp)
 
 
-def solve_dense(ne: NormalEquations, structure: SchurStructure, damping: Damping) -> Step:
-    """Damped step with the reduced camera system factored by dense Cholesky."""
+@dataclass(frozen=True)
+class ReducedSystem:
+    """The damped reduced camera system of one step, before its factorisation."""
+
+    eliminated: EliminatedPoints
+    """Point-block inverses, W V^-1 per row, right-hand side and camera damping."""
+    matrix: Tensor
+    """(n_c, n_c) dense S = U + damping - W V^-1 W'."""
+
+
+def reduce_dense(ne: NormalEquations, structure: SchurStructure, damping: Damping) -> ReducedSystem:
+    """Eliminate the point blocks and assemble the dense reduced camera matrix (no host sync)."""
     elim = _eliminate(ne, damping)
-    s = reduced_camera_matrix(ne, structure, elim.y, elim.diag_camera)
-    chol, info = torch.linalg.cholesky_ex(s)
-    if int(info) != 0:
-        return Step(torch.zeros_like(elim.rhs), torch.zeros_like(ne.g_point), False, 0)
-    dc = torch.cholesky_solve(elim.rhs[:, None], chol)[:, 0]
-    return Step(dc, _back_substitute(ne, elim, dc), True, 0)
+    return ReducedSystem(elim, reduced_camera_matrix(ne, structure, elim.y, elim.diag_camera))
 
 
-def _block_jacobi(ne: NormalEquations, elim: _Eliminated, block_size: int) -> Tensor:
+def solve_reduced(system: ReducedSystem) -> tuple[Tensor, Tensor]:
+    """Camera step (n_c,) by dense Cholesky and a 0-d bool, False when S is not positive definite.
+
+    Does not wait for the device (the factorisation's status stays a tensor; the triangular solves
+    are cuBLAS, not cuSOLVER's potrs). A failed factorisation gives a zero step.
+    """
+    chol, info = torch.linalg.cholesky_ex(system.matrix)
+    ok = info == 0
+    rhs = system.eliminated.rhs[:, None]
+    half = torch.linalg.solve_triangular(chol, rhs, upper=False)
+    dc = torch.linalg.solve_triangular(chol.T, half, upper=True)[:, 0]
+    return torch.where(ok, dc, torch.zeros_like(dc)), ok
+
+
+def back_substitute(ne: NormalEquations, system: ReducedSystem, camera_step: Tensor, ok: Tensor) -> Step:
+    """The full step from the camera step: point step dp = V^-1 (-g_p - W' dc); zero when not ok."""
+    dp = _back_substitute(ne, system.eliminated, camera_step)
+    zero = torch.zeros((), dtype=torch.int64, device=ok.device)
+    return Step(camera_step, torch.where(ok, dp, torch.zeros_like(dp)), ok, zero)
+
+
+def solve_dense(ne: NormalEquations, structure: SchurStructure, damping: Damping) -> Step:
+    """Damped step with the reduced camera system factored by dense Cholesky (no host sync)."""
+    system = reduce_dense(ne, structure, damping)
+    camera_step, ok = solve_reduced(system)
+    return back_substitute(ne, system, camera_step, ok)
+
+
+def _block_jacobi(ne: NormalEquations, elim: EliminatedPoints, block_size: int) -> Tensor:
     """Inverses (n_c / b, b, b) of S's diagonal blocks (exact when no two rows of a point share a block)."""
     n_c = ne.num_camera_parameters
     if n_c % block_size:
@@ -324,7 +378,9 @@ def solve_pcg(
         ap = matvec(p)
         pap = (p * ap).sum()
         if float(pap) <= 0:
-            return Step(torch.zeros_like(b), torch.zeros_like(ne.g_point), False, iterations)
+            return Step(
+                torch.zeros_like(b), torch.zeros_like(ne.g_point), _flag(False, b), _count(iterations, b)
+            )
         alpha = rz / pap
         x = x + alpha * p
         r = r - alpha * ap
@@ -334,4 +390,12 @@ def solve_pcg(
         rz_new = (r * z).sum()
         p = z + (rz_new / rz) * p
         rz = rz_new
-    return Step(x, _back_substitute(ne, elim, x), True, iterations)
+    return Step(x, _back_substitute(ne, elim, x), _flag(True, b), _count(iterations, b))
+
+
+def _flag(value: bool, like: Tensor) -> Tensor:
+    return torch.tensor(value, device=like.device)
+
+
+def _count(value: int, like: Tensor) -> Tensor:
+    return torch.tensor(value, dtype=torch.int64, device=like.device)

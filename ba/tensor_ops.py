@@ -2,7 +2,8 @@
 
 CPU: torch's batched matmul is slow for a transposed (strided) left factor with a tiny inner
 dimension (a^T b with a of shape (N, 2, 9), say), and reductions over tiny dimensions are slow;
-unrolling the inner dimension into elementwise multiply-adds is faster there. CUDA: every
+unrolling the inner dimension into elementwise multiply-adds is faster there. Matrix-vector
+products with a wider inner dimension (9 camera parameters) are fastest as batched matmul. CUDA: every
 elementwise op is a kernel launch, so one broadcast multiply and one reduction are used instead
 (cuBLAS batched products of millions of tiny matrices are slow too).
 """
@@ -49,6 +50,8 @@ def small_at_b(a: Tensor, b: Tensor) -> Tensor:
 def small_matvec(a: Tensor, x: Tensor) -> Tensor:
     """Batched a @ x for a (..., k, l) and x (..., l)."""
     inner = a.shape[-1]
+    if not a.is_cuda and inner > _MAX_UNROLLED:
+        return (a @ x[..., None])[..., 0]
     if not _unroll(a, inner):
         return (a * x[..., None, :]).sum(-1)
     out = a[..., 0] * x[..., None, 0]

@@ -17,6 +17,9 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     bal.add_argument("--max-iterations", type=int, default=50)
     bal.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     bal.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+    bal.add_argument(
+        "--no-cuda-graphs", action="store_true", help="launch every kernel eagerly on CUDA (no graph replay)"
+    )
     bal.add_argument("--json", action="store_true", help="print only the JSON line (no table)")
 
 
@@ -27,7 +30,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if not args.file.is_file():
         raise UsageError(f"{args.file}: no such file")
     try:
-        report = run_bal_benchmark(args.file, args.device, args.max_iterations, args.dtype, args.threads)
+        report = run_bal_benchmark(
+            args.file, args.device, args.max_iterations, args.dtype, args.threads, not args.no_cuda_graphs
+        )
     except BundleAdjustmentError as exc:
         raise UsageError(str(exc)) from None
     if not args.json:

@@ -51,6 +51,9 @@ def test_run_bal_benchmark_report(tmp_path: Path) -> None:
     assert report["final_cost"] < 1e-2 * report["initial_cost"]
     assert report["iterations"] == len(report["log"]) > 0
     assert report["seconds"] > 0 and report["log"][-1]["seconds"] <= report["seconds"]
+    assert report["cpu_seconds"] > 0 and report["cuda_graphs"] is False
+    durations = [b["seconds"] - a["seconds"] for a, b in zip(report["log"], report["log"][1:], strict=False)]
+    assert min(durations) <= report["median_iteration_ms"] / 1000 <= report["seconds"]
     json.dumps(report)
 
 

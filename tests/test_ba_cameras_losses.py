@@ -29,6 +29,14 @@ def test_bal_jacobians_match_autograd() -> None:
         jp = jacobian(lambda x, i=i: bal_project(cams[i : i + 1], x[None])[0], pts[i])
         assert torch.allclose(out.d_camera[i], jc, rtol=1e-8, atol=1e-8)
         assert torch.allclose(out.d_point[i], jp, rtol=1e-8, atol=1e-8)
+    # Per-camera rows with an observation -> camera index give the same values.
+    index = torch.tensor([2, 0, 2, 5, 1, 2])
+    shared = bal_project_with_jacobians(cams, pts, index)
+    gathered = bal_project_with_jacobians(cams[index], pts)
+    assert torch.allclose(bal_project(cams, pts, index), gathered.predicted, rtol=1e-14, atol=1e-12)
+    for a, b in ((shared.predicted, gathered.predicted), (shared.d_camera, gathered.d_camera)):
+        assert torch.allclose(a, b, rtol=1e-14, atol=1e-12)
+    assert torch.allclose(shared.d_point, gathered.d_point, rtol=1e-14, atol=1e-12)
 
 
 def test_pinhole_projection_and_jacobians() -> None:

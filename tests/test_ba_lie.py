@@ -14,6 +14,7 @@ from dv4d.ba.lie import (
     se3_transform,
     skew,
     so3_exp,
+    so3_exp_and_left_jacobian,
     so3_inverse,
     so3_left_jacobian,
     so3_left_jacobian_inverse,
@@ -78,6 +79,8 @@ def test_left_jacobian_finite_differences(scale: float) -> None:
     assert torch.allclose(
         so3_left_jacobian_inverse(w) @ jl, torch.eye(3, dtype=DT).expand(8, 3, 3), atol=1e-10
     )
+    rot, both = so3_exp_and_left_jacobian(w)
+    assert torch.equal(rot, so3_exp(w)) and torch.equal(both, jl)
 
 
 def test_so3_exp_gradient_finite_at_identity() -> None:

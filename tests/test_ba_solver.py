@@ -7,12 +7,13 @@ import torch
 
 from dv4d.ba.bal import BalData, bal_cost, read_bal
 from dv4d.ba.bal_problem import BalProblem, BalState
+from dv4d.ba.dense import DenseConfig, solve_window
 from dv4d.ba.errors import BundleAdjustmentError
 from dv4d.ba.lm import LMConfig, solve_lm
 from dv4d.ba.losses import RobustLoss
 from dv4d.ba.normal_eqs import build_normal_equations, reweight
 from dv4d.ba.schur import Damping, build_schur_structure, solve_dense, solve_pcg
-from dv4d.ba.synthetic import make_synthetic_bal
+from dv4d.ba.synthetic import make_synthetic_bal, make_synthetic_dense_scene, perturb_dense_state
 
 BAL_DIR = Path(__file__).parents[1].parent / "shared" / "data" / "bal"
 
@@ -124,3 +125,63 @@ def test_trafalgar_matches_ceres() -> None:
     assert result.initial_cost == pytest.approx(4.413239e6, rel=1e-6)
     assert result.final_cost == pytest.approx(3.037865e4, rel=1e-3)
     assert len(result.iterations) <= 10
+
+
+def test_fixed_gauge_holds_first_camera_pose() -> None:
+    syn = make_synthetic_bal(8, 300, 4, noise_px=0.5, seed=2)
+    problem = BalProblem(syn.start)
+    start = problem.initial_state()
+    free = solve_lm(problem, start)
+    fixed = solve_lm(problem, start, LMConfig(fixed_camera_parameters=tuple(range(6))))
+    assert torch.equal(start.cameras, syn.start.cameras)  # the solver works on a copy
+    assert torch.equal(fixed.state.cameras[0, :6], syn.start.cameras[0, :6])
+    assert not torch.allclose(fixed.state.cameras[0, 6:], syn.start.cameras[0, 6:])
+    assert (fixed.state.cameras[1:] - syn.start.cameras[1:]).abs().amax(1).min() > 0
+    # With the damping alone the gauge drifts: the first camera moves too.
+    assert (free.state.cameras[0, :6] - syn.start.cameras[0, :6]).abs().max() > 1e-4
+    n_obs, n_params = syn.start.num_observations, 8 * 9 + 300 * 3
+    floor = 0.5 * syn.noise_px**2 * (2 * n_obs - n_params)
+    assert fixed.final_cost < 1.2 * floor
+    assert fixed.final_cost == pytest.approx(free.final_cost, rel=1e-3)
+    assert fixed.termination in ("function_tolerance", "gradient_tolerance", "parameter_tolerance")
+
+
+def test_fixed_gauge_with_pcg_and_bad_indices() -> None:
+    syn = make_synthetic_bal(5, 80, 3, seed=9)
+    problem = BalProblem(syn.start)
+    cfg = LMConfig(linear_solver="pcg", fixed_camera_parameters=(9, 10, 11, 12, 13, 14))
+    result = solve_lm(problem, problem.initial_state(), cfg)
+    assert torch.equal(result.state.cameras[1, :6], syn.start.cameras[1, :6])
+    assert result.final_cost < 1e-2 * result.initial_cost
+    with pytest.raises(BundleAdjustmentError, match="fixed_camera_parameters"):
+        solve_lm(problem, problem.initial_state(), LMConfig(fixed_camera_parameters=(45,)))
+    with pytest.raises(BundleAdjustmentError, match="repeated"):
+        LMConfig(fixed_camera_parameters=(1, 1))
+
+
+def test_state_must_be_a_dataclass_of_tensors() -> None:
+    problem = BalProblem(make_synthetic_bal(3, 10, 2).start)
+    with pytest.raises(BundleAdjustmentError, match="dataclass"):
+        solve_lm(problem, (problem.data.cameras, problem.data.points))  # type: ignore[arg-type]
+
+
+def test_cuda_graph_option_is_inert_on_cpu() -> None:
+    problem = BalProblem(make_synthetic_bal(4, 60, 3, seed=4).start)
+    a = solve_lm(problem, problem.initial_state(), LMConfig(cuda_graphs=True))
+    b = solve_lm(problem, problem.initial_state(), LMConfig(cuda_graphs=False))
+    assert not a.cuda_graphs and not b.cuda_graphs
+    assert [it.cost for it in a.iterations] == [it.cost for it in b.iterations]
+
+
+def test_fixed_gauge_in_dense_window() -> None:
+    scene = make_synthetic_dense_scene(3)
+    start = perturb_dense_state(scene.truth, [0, 1, 2])
+    cfg = DenseConfig(lm=LMConfig(fixed_camera_parameters=tuple(range(6))))
+    prior = scene.truth.inv_depth
+    result = solve_window(
+        start, scene.correspondences, prior, [0, 1, 2], scene.image_size, scene.principal, cfg
+    )
+    assert torch.equal(result.state.c2w[0], start.c2w[0])
+    assert not torch.equal(result.state.c2w[1], start.c2w[1])
+    assert not torch.equal(result.state.inv_depth[0], start.inv_depth[0])
+    assert result.solve.final_cost < 1e-2 * result.solve.initial_cost
