@@ -1,14 +1,19 @@
 """Camera poses, focal and a sparse static point cloud from a video: classical incremental reconstruction.
 
-Tracks anchored on keyframes and followed by DIS flow feed the reconstruction; tracks that break the
-epipolar geometry of a keyframe pair (moving objects, occlusions) are dropped first. An
-essential-matrix initialisation on the first keyframe pair with enough parallax is followed by PnP
-registration of the other keyframes, triangulation and a sparse bundle adjustment (`sparse_ba`,
-which drops points with outlier observations); non-keyframes are then posed by PnP. Without an
-intrinsics prior the focal is chosen by the reprojection error of small reconstructions over a grid
-of fields of view, refined by bisection. Ill-conditioned inputs (static camera, pure rotation, too
-few frames, no texture) give flags and valid finite poses rather than errors. Units are free: the
-median depth of the points seen from the first frame is 1.
+Tracks anchored on keyframes and followed by DIS flow (positions between two keyframes averaged over
+the flows from both) feed the reconstruction; tracks that break the epipolar geometry of a keyframe
+pair (moving objects, occlusions) are dropped first. An essential-matrix initialisation on the first
+keyframe pair with enough parallax is followed by PnP registration of the other keyframes and
+triangulation, each new keyframe closing with a sliding-window bundle adjustment of the latest
+keyframes against the fixed older ones, then a global bundle adjustment over every keyframe
+(`point_ba`: the project's Levenberg-Marquardt + Schur solver; points with outlier observations,
+mostly moving objects, are dropped and the problem re-solved). Non-keyframes are posed by PnP and a
+motion-only adjustment against the fixed points, and a final adjustment over every frame (short
+clips) refines all poses, the points and the focal together. Without an intrinsics prior the focal
+is chosen by the reprojection error of small reconstructions over a grid of fields of view, refined
+by bisection. Ill-conditioned inputs (static camera, pure rotation, too few frames, no texture) give
+flags and valid finite poses rather than errors. Units are free: the median depth of the points seen
+from the first frame is 1.
 """
 
 from collections.abc import Callable
@@ -18,7 +23,7 @@ import cv2
 import numpy as np
 
 from dv4d.pipeline.errors import GeometryError
-from dv4d.pipeline.sparse_ba import BAProblem, bundle_adjust, project
+from dv4d.pipeline.point_ba import Observations, bundle_adjust
 from dv4d.pipeline.tracks import TrackConfig, Tracks, track_frames
 
 MIN_PNP_POINTS = 12
@@ -38,6 +43,9 @@ class GeometryConfig:
     final_ba_max_frames: int = 300
     """End with a bundle adjustment over every posed frame (not only the keyframes) when the clip has
     at most this many frames (its dense reduced system grows with the square of the frame count)."""
+    final_ba_iterations: int = 5
+    """Levenberg-Marquardt iterations of that final adjustment over every frame (it starts from the
+    global keyframe adjustment and the motion-only poses)."""
     refine_focal: bool = True
     """Without an intrinsics prior, let that final bundle adjustment refine the searched focal."""
     outlier_rounds: int = 2
@@ -46,6 +54,9 @@ class GeometryConfig:
     """Huber threshold of the bundle adjustment, pixels."""
     ba_iterations: int = 15
     """Levenberg-Marquardt iterations of each bundle adjustment."""
+    window_keyframes: int = 5
+    """Keyframes adjusted together (older ones held fixed) after each new keyframe is registered; a
+    global adjustment over every keyframe follows."""
     init_min_angle_deg: float = 3.0
     """The initial keyframe pair is the first whose median triangulation angle reaches this."""
     min_angle_deg: float = 0.75
@@ -256,40 +267,76 @@ def _triangulate_new(tracks: Tracks, rec: _Recon, frame: int, K: np.ndarray, cfg
         rec.points[ids[ok]] = X[ok]
 
 
+def _observations(tracks: Tracks, rec: _Recon, frames: list[int]) -> tuple[Observations, int]:
+    """(observations of the triangulated tracks in `frames` (cam = position in `frames`, pt = track id),
+    number of all observations of those frames)."""
+    cams, pts, xys = [], [], []
+    for c, f in enumerate(frames):
+        ids, xy = tracks.in_frame(f)
+        known = np.isfinite(rec.points[ids]).all(axis=1)
+        cams.append(np.full(known.sum(), c))
+        pts.append(ids[known])
+        xys.append(xy[known])
+    total = sum(int(tracks.starts[f + 1] - tracks.starts[f]) for f in frames)
+    return Observations(np.concatenate(cams), np.concatenate(pts), np.concatenate(xys)), total
+
+
 def _refine(tracks: Tracks, rec: _Recon, frames: list[int], pp: np.ndarray, cfg: GeometryConfig,
-            refine_focal: bool = False) -> None:  # fmt: skip
-    """Bundle-adjust the registered `frames` (the first is held fixed) and drop outlier observations."""
+            refine_focal: bool = False, window: list[int] | None = None) -> None:  # fmt: skip
+    """Bundle-adjust registered `frames` and drop the points with outlier observations.
+
+    Without `window` every frame but the first (the gauge) and every point seen is adjusted. With a
+    `window`, only its frames (never the first of `frames`) and the points they see move; the other
+    frames' observations of those points constrain them from fixed poses.
+    """
     frames = [f for f in frames if f in rec.R]
+    free_frames = set(frames[1:]) if window is None else set(window) & set(frames[1:])
+    free_cams = np.array([f in free_frames for f in frames])
     for round_ in range(cfg.outlier_rounds + 1):
-        cams, pts, xys = [], [], []
-        for c, f in enumerate(frames):
-            ids, xy = tracks.in_frame(f)
-            known = np.isfinite(rec.points[ids]).all(axis=1)
-            cams.append(np.full(known.sum(), c))
-            pts.append(ids[known])
-            xys.append(xy[known])
-        cam, pt, xy = np.concatenate(cams), np.concatenate(pts), np.concatenate(xys)
-        used, pt_local = np.unique(pt, return_inverse=True)
-        prob = BAProblem(
-            R=np.stack([rec.R[f] for f in frames]), t=np.stack([rec.t[f] for f in frames]),
-            points=rec.points[used], focal=rec.focal, pp=pp, cam=cam, pt=pt_local, xy=xy,
+        obs, total = _observations(tracks, rec, frames)
+        if window is not None:
+            seen = np.zeros(len(rec.points), bool)
+            seen[obs.pt[free_cams[obs.cam]]] = True
+            keep = seen[obs.pt]
+            obs = Observations(obs.cam[keep], obs.pt[keep], obs.xy[keep])
+        used, pt_local = np.unique(obs.pt, return_inverse=True)
+        sol = bundle_adjust(
+            np.stack([rec.R[f] for f in frames]), np.stack([rec.t[f] for f in frames]), rec.points[used],
+            rec.focal, pp, Observations(obs.cam, pt_local, obs.xy), free_cams, np.ones(len(used), bool),
+            refine_focal, cfg.ba_iterations, cfg.huber_px,
         )  # fmt: skip
-        prob = bundle_adjust(prob, refine_focal, cfg.ba_iterations, cfg.huber_px)
-        res, xc = project(prob)
-        err = np.linalg.norm(res, axis=1)
-        good = (err <= cfg.max_reproj_px) & (xc[:, 2] > 0)
+        err = np.linalg.norm(sol.residuals, axis=1)
+        good = (err <= cfg.max_reproj_px) & (sol.depth > 0)
         for c, f in enumerate(frames):
-            rec.R[f], rec.t[f] = prob.R[c], prob.t[c]
-        rec.focal = prob.focal
-        rec.points[used] = prob.points
+            rec.R[f], rec.t[f] = sol.R[c], sol.t[c]
+        rec.focal = sol.focal
+        rec.points[used] = sol.points
         support = np.bincount(pt_local[good], minlength=len(used))
         rec.points[used[support < 2]] = np.nan
         rec.rmse = float(np.sqrt(np.mean(err[good] ** 2))) if good.any() else float("inf")
-        rec.inlier_fraction = float(good.sum() / sum(tracks.starts[f + 1] - tracks.starts[f] for f in frames))
+        if window is None:
+            rec.inlier_fraction = float(good.sum() / max(total, 1))
         if good.all() or round_ == cfg.outlier_rounds:
             break
         # Drop every point with an outlier observation (mostly the moving objects), then re-solve.
         rec.points[used[np.bincount(pt_local[~good], minlength=len(used)) > 0]] = np.nan
+
+
+def _refine_motion(
+    tracks: Tracks, rec: _Recon, frames: list[int], pp: np.ndarray, cfg: GeometryConfig
+) -> None:
+    """Motion-only adjustment: the poses of registered `frames` against the fixed triangulated points."""
+    frames = [f for f in frames if f in rec.R]
+    if not frames:
+        return
+    obs, _ = _observations(tracks, rec, frames)
+    sol = bundle_adjust(
+        np.stack([rec.R[f] for f in frames]), np.stack([rec.t[f] for f in frames]), rec.points, rec.focal,
+        pp, obs, np.ones(len(frames), bool), np.zeros(len(rec.points), bool), False, cfg.ba_iterations,
+        cfg.huber_px,
+    )  # fmt: skip
+    for c, f in enumerate(frames):
+        rec.R[f], rec.t[f] = sol.R[c], sol.t[c]
 
 
 def _reconstruct(tracks: Tracks, keyframes: list[int], focal: float, size: tuple[int, int],
@@ -301,16 +348,14 @@ def _reconstruct(tracks: Tracks, keyframes: list[int], focal: float, size: tuple
     if rec is None:
         return None
     _refine(tracks, rec, sorted(rec.R), K[:2, 2], cfg)
-    last_ba = len(rec.R)
     for k in keyframes[1:]:
         if k in rec.R:
             continue
         K = _intrinsics(rec.focal, w, h)
         if _register(tracks, rec, k, K, cfg):
             _triangulate_new(tracks, rec, k, K, cfg)
-        if len(rec.R) >= 1.5 * last_ba:
-            _refine(tracks, rec, [f for f in keyframes if f in rec.R], K[:2, 2], cfg)
-            last_ba = len(rec.R)
+            registered = [f for f in keyframes if f in rec.R]
+            _refine(tracks, rec, registered, K[:2, 2], cfg, window=registered[-cfg.window_keyframes :])
     _refine(tracks, rec, [f for f in keyframes if f in rec.R], K[:2, 2], cfg)
     return rec
 
@@ -482,8 +527,12 @@ def estimate_geometry(
             _register(tracks, rec, i, K, cfg)
         if progress is not None:
             progress(num + i + 1, 2 * num)
+    _refine_motion(tracks, rec, [i for i in range(num) if not is_key[i]], K[:2, 2], cfg)
     if num <= cfg.final_ba_max_frames:
-        _refine(tracks, rec, sorted(rec.R), K[:2, 2], cfg, refine_focal=K_prior is None and cfg.refine_focal)
+        final = replace(cfg, ba_iterations=cfg.final_ba_iterations)
+        _refine(
+            tracks, rec, sorted(rec.R), K[:2, 2], final, refine_focal=K_prior is None and cfg.refine_focal
+        )
         if K_prior is None:
             K = _intrinsics(rec.focal, w, h)
     posed = np.array([i in rec.R for i in range(num)])

@@ -8,6 +8,9 @@ import numpy as np
 
 from dv4d.pipeline.flow import dis_flow, sample_flow, to_gray
 
+PULL_BACK_STEPS = 6
+"""Fixed-point iterations inverting a flow field (converges while the flow's gradient stays below 1)."""
+
 
 @dataclass(frozen=True)
 class TrackConfig:
@@ -19,6 +22,12 @@ class TrackConfig:
     """Smallest minimum-eigenvalue corner response (gray in [0, 1]) at which a track is seeded."""
     fb_max_error_px: float = 0.75
     """An observation is dropped where the forward-backward flow error exceeds this."""
+    both_ways: bool = True
+    """Also follow the tracks of each keyframe back into the frames since the previous keyframe: a
+    track seen in a frame from both keyframes gets the average of the two positions where they
+    agree within `fb_max_error_px`, and is dropped there where they do not (one more flow per
+    frame, lower pose noise between keyframes). Tracks first seeded at the later keyframe are not
+    added (on forward motion they made the poses worse)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,51 @@ def _seed(gray: np.ndarray, occupied_xy: np.ndarray, cell: int, min_corner: floa
     return np.stack([gx * cell + b % cell, gy * cell + b // cell], axis=1).astype(np.float64)
 
 
+def _follow(
+    anchor_gray: np.ndarray, gray: np.ndarray, xy: np.ndarray, cfg: TrackConfig, check: bool = True
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(kept (n,) bool, positions (n, 2) in `gray` of the anchor positions `xy`, median flow magnitude).
+
+    Kept: inside the image and, with `check`, passing the forward-backward check."""
+    h, w = gray.shape
+    fwd = dis_flow(anchor_gray, gray)
+    moved = xy + sample_flow(fwd, xy[:, 0], xy[:, 1])
+    keep = (moved[:, 0] >= 0) & (moved[:, 0] <= w - 1) & (moved[:, 1] >= 0) & (moved[:, 1] <= h - 1)
+    if check:
+        bwd = dis_flow(gray, anchor_gray)
+        back = moved + sample_flow(bwd, moved[:, 0], moved[:, 1])
+        keep &= np.linalg.norm(back - xy, axis=1) <= cfg.fb_max_error_px
+    return keep, moved, float(np.median(np.linalg.norm(fwd, axis=-1)))
+
+
+def _pull_back(gray: np.ndarray, later_gray: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(inside (n,) bool, positions (n, 2) in `gray`) of the positions `xy` in a later frame, by inverting
+    the flow gray -> later_gray (the same time direction as the forward tracking) with fixed-point steps."""
+    h, w = gray.shape
+    flow = dis_flow(gray, later_gray)
+    pos = xy.copy()
+    for _ in range(PULL_BACK_STEPS):
+        pos = xy - sample_flow(flow, np.clip(pos[:, 0], 0, w - 1), np.clip(pos[:, 1], 0, h - 1))
+    inside = (pos[:, 0] >= 0) & (pos[:, 0] <= w - 1) & (pos[:, 1] >= 0) & (pos[:, 1] <= h - 1)
+    return inside, pos
+
+
+def _merge(ids: np.ndarray, xy: np.ndarray, more_ids: np.ndarray, more_xy: np.ndarray, max_px: float
+           ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Union of two sets of observations of one frame, sorted by id: positions of shared ids averaged
+    where they agree within `max_px`, dropped where they do not."""
+    all_ids = np.concatenate([ids, more_ids])
+    all_xy = np.concatenate([xy, more_xy])
+    uniq, inverse, counts = np.unique(all_ids, return_inverse=True, return_counts=True)
+    summed = np.zeros((len(uniq), 2))
+    np.add.at(summed, inverse, all_xy)
+    mean = summed / counts[:, None]
+    spread = np.zeros(len(uniq))
+    np.maximum.at(spread, inverse, np.linalg.norm(all_xy - mean[inverse], axis=1))
+    keep = 2 * spread <= max_px
+    return uniq[keep], mean[keep]
+
+
 def track_frames(
     frames: np.ndarray,
     is_keyframe: np.ndarray,
@@ -89,31 +143,29 @@ def track_frames(
 
     Every frame is reached by direct flow from the latest keyframe (frame 0 is always one), so drift
     only accumulates from keyframe to keyframe. At each keyframe the tracks that arrived continue,
-    and every empty textured grid cell seeds a new track at its strongest corner. An observation is
-    kept where the forward-backward check passes.
+    and every empty textured grid cell seeds a new track at its strongest corner. With
+    `cfg.both_ways` the tracks of the later of two keyframes are also pulled back into the frames
+    between them, refining the positions of the tracks seen from both. An observation is kept where
+    the forward-backward check passes.
     """
     num = len(frames)
     h, w = frames.shape[1:3]
     cell = max(3, round(cfg.cell_fraction * max(h, w)))
     keys = set(np.nonzero(is_keyframe)[0].tolist()) | {0}
-    obs_frame, obs_track, obs_xy, colors = [], [], [], []
+    obs_track: list[np.ndarray] = []
+    obs_xy: list[np.ndarray] = []
+    colors = []
     motion = np.zeros(num)
     anchor_gray = to_gray(np.asarray(frames[0]))
     anchor_ids = np.zeros(0, np.int64)
     anchor_xy = np.zeros((0, 2))
-    next_id = 0
+    next_id = last_key = 0
     for i in range(num):
         frame = np.asarray(frames[i])
         gray = to_gray(frame)
         ids, xy = anchor_ids, anchor_xy
         if i > 0:
-            fwd = dis_flow(anchor_gray, gray)
-            bwd = dis_flow(gray, anchor_gray)
-            motion[i] = float(np.median(np.linalg.norm(fwd, axis=-1)))
-            moved = xy + sample_flow(fwd, xy[:, 0], xy[:, 1])
-            back = moved + sample_flow(bwd, moved[:, 0], moved[:, 1])
-            inside = (moved[:, 0] >= 0) & (moved[:, 0] <= w - 1) & (moved[:, 1] >= 0) & (moved[:, 1] <= h - 1)
-            keep = inside & (np.linalg.norm(back - xy, axis=1) <= cfg.fb_max_error_px)
+            keep, moved, motion[i] = _follow(anchor_gray, gray, xy, cfg)
             ids, xy = ids[keep], moved[keep]
         if i in keys:
             new_xy = _seed(gray, xy, cell, cfg.min_corner)
@@ -121,15 +173,21 @@ def track_frames(
             next_id += len(new_xy)
             colors.append(frame[new_xy[:, 1].astype(int), new_xy[:, 0].astype(int)])
             ids, xy = np.concatenate([ids, new_ids]), np.concatenate([xy, new_xy])
-            anchor_gray, anchor_ids, anchor_xy = gray, ids, xy
-        obs_frame.append(np.full(len(ids), i, np.int64))
+            if cfg.both_ways:
+                for j in range(last_key + 1, i):
+                    back_keep, back_xy = _pull_back(to_gray(np.asarray(frames[j])), gray, xy)
+                    back_keep &= np.isin(ids, obs_track[j])
+                    obs_track[j], obs_xy[j] = _merge(
+                        obs_track[j], obs_xy[j], ids[back_keep], back_xy[back_keep], cfg.fb_max_error_px
+                    )
+            anchor_gray, anchor_ids, anchor_xy, last_key = gray, ids, xy, i
         obs_track.append(ids)
         obs_xy.append(xy)
         if progress is not None:
             progress(i + 1, num)
     counts = np.array([len(t) for t in obs_track])
     return Tracks(
-        frame=np.concatenate(obs_frame),
+        frame=np.repeat(np.arange(num, dtype=np.int64), counts),
         track=np.concatenate(obs_track),
         xy=np.concatenate(obs_xy),
         colors=np.concatenate(colors).astype(np.uint8).reshape(-1, 3),

@@ -1,4 +1,4 @@
-"""Camera recovery against synthetic ground truth, degenerate inputs, the sparse BA and the metrics."""
+"""Camera recovery against synthetic ground truth, degenerate inputs and the metrics."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,6 @@ from dv4d.pipeline.errors import GeometryError
 from dv4d.pipeline.geometry import GeometryConfig, GeometryResult, estimate_geometry
 from dv4d.pipeline.keyframes import KeyframeConfig, select_keyframes
 from dv4d.pipeline.metrics import ate_rmse, mask_iou, rotation_angle_deg, rpe, trajectory_length, umeyama
-from dv4d.pipeline.sparse_ba import BAProblem, bundle_adjust, project
 from dv4d.pipeline.synthetic import SceneConfig, SyntheticScene, render_scene
 
 
@@ -43,9 +42,9 @@ def test_poses_with_known_intrinsics(orbit: SyntheticScene) -> None:
     assert result.flags == []
     np.testing.assert_allclose(result.K, orbit.K)
     truth = relative_to_first(orbit.c2w)
-    assert ate_rmse(result.c2w, truth) / trajectory_length(truth) < 0.01
+    assert ate_rmse(result.c2w, truth) / trajectory_length(truth) < 0.005
     rot_rpe, _ = rpe(result.c2w, truth)
-    assert rot_rpe < 0.15
+    assert rot_rpe < 0.1
     # Rotations in the first camera's frame need no alignment at all.
     assert rotation_angle_deg(result.c2w[:, :3, :3].transpose(0, 2, 1) @ truth[:, :3, :3]).max() < 0.75
     assert result.reproj_rmse_px < 0.5
@@ -60,10 +59,10 @@ def test_focal_without_prior(orbit: SyntheticScene) -> None:
     keys = select_keyframes(orbit.frames, KeyframeConfig())
     result = estimate_geometry(orbit.frames, keys, None, GeometryConfig())
     check_valid(result, 20)
-    assert abs(result.K[0, 0] / orbit.K[0, 0] - 1) < 0.05
+    assert abs(result.K[0, 0] / orbit.K[0, 0] - 1) < 0.02
     np.testing.assert_allclose(result.K[:2, 2], [79.5, 59.5])
     truth = relative_to_first(orbit.c2w)
-    assert ate_rmse(result.c2w, truth) / trajectory_length(truth) < 0.015
+    assert ate_rmse(result.c2w, truth) / trajectory_length(truth) < 0.005
 
 
 def test_static_camera_is_flagged() -> None:
@@ -101,39 +100,6 @@ def test_few_frames_and_bad_input(orbit: SyntheticScene) -> None:
         estimate_geometry(orbit.frames[:0], np.ones(0, bool), None, GeometryConfig())
     with pytest.raises(GeometryError, match="is_keyframe"):
         estimate_geometry(orbit.frames[:3], np.ones(2, bool), None, GeometryConfig())
-
-
-def random_problem(rng: np.random.Generator, focal: float) -> tuple[BAProblem, BAProblem]:
-    """(truth, perturbed start) of a small BA problem with exact observations."""
-    num_cams, num_pts = 5, 300
-    R = np.stack([np.eye(3)] * num_cams)
-    for c in range(1, num_cams):
-        angle = 0.05 * c
-        R[c] = [[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]]
-    t = np.stack([np.array([-0.3 * c, 0.05 * c, 0.0]) for c in range(num_cams)])
-    points = rng.uniform([-2, -1.5, 3], [2, 1.5, 7], (num_pts, 3))
-    cam = np.repeat(np.arange(num_cams), num_pts)
-    pt = np.tile(np.arange(num_pts), num_cams)
-    pp = np.array([80.0, 60.0])
-    truth = BAProblem(R, t, points, focal, pp, cam, pt, np.zeros((len(cam), 2)))
-    res, _ = project(truth)
-    truth.xy = res.copy()
-    start = BAProblem(R.copy(), t + rng.normal(0, 0.02, t.shape), points + rng.normal(0, 0.05, points.shape),
-                      focal * 1.05, pp, cam, pt, truth.xy)  # fmt: skip
-    start.t[0] = t[0]
-    return truth, start
-
-
-def test_sparse_bundle_adjustment_converges() -> None:
-    rng = np.random.default_rng(0)
-    truth, start = random_problem(rng, 140.0)
-    assert np.abs(project(start)[0]).max() > 1.0
-    solved = bundle_adjust(start, refine_focal=True, iterations=50)
-    assert np.sqrt(np.mean(project(solved)[0] ** 2)) < 1e-3
-    # Scale is the free gauge: compare the shape up to scale, and the focal exactly.
-    assert abs(solved.focal - 140.0) < 0.1
-    sim = umeyama(solved.points, truth.points)
-    assert np.abs(sim.apply(solved.points) - truth.points).max() < 1e-3
 
 
 def test_umeyama_recovers_similarity() -> None:
