@@ -14,6 +14,7 @@ from dv4d.ba.bal_problem import BalProblem
 from dv4d.ba.errors import BundleAdjustmentError
 from dv4d.ba.lm import LMConfig, solve_lm
 from dv4d.ba.synthetic import make_synthetic_bal
+from dv4d.ba.tensor_ops import cpu_threads
 
 _WARMUP_CAMERAS = 3
 _WARMUP_POINTS = 20
@@ -50,13 +51,8 @@ def _solve_and_report(
     """Solve with ``threads`` CPU threads (None: torch's setting), restoring the setting afterwards."""
     if threads is not None and threads < 1:
         raise BundleAdjustmentError(f"threads must be >= 1, got {threads}")
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with cpu_threads(threads):
         return _timed_solve(data, device, dtype, config)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _timed_solve(data: BalData, device: str, dtype: str, config: LMConfig) -> dict[str, Any]:

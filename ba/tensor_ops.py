@@ -8,6 +8,10 @@ elementwise op is a kernel launch, so one broadcast multiply and one reduction a
 (cuBLAS batched products of millions of tiny matrices are slow too).
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
 from torch import Tensor
 
 _MAX_UNROLLED = 4
@@ -58,3 +62,20 @@ def small_matvec(a: Tensor, x: Tensor) -> Tensor:
     for k in range(1, inner):
         out = out + a[..., k] * x[..., None, k]
     return out
+
+
+@contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run the body with ``threads`` torch CPU threads (``None``: unchanged), then restore the setting.
+
+    Small solves are fastest on one thread, and on a loaded machine extra OpenMP threads spin-wait.
+    """
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from rich.table import Table
 from dv4d.pipeline.artifacts import VideoArtifacts, assign_names
 from dv4d.pipeline.config import PRESETS, AnnotateConfig, parse_intrinsics
 from dv4d.pipeline.errors import Dv4dError
-from dv4d.pipeline.run import VideoResult, is_done
+from dv4d.pipeline.run import VideoResult, finished
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -31,7 +32,13 @@ MODULE_COMMANDS = {
     "submit": "dv4d.flows.cmd_submit",
 }
 """``dv4d NAME`` -> module with ``add_parser(subparsers)`` and ``run(args, console) -> exit code``."""
-BENCH_COMMANDS = {"bal": "dv4d.flows.cmd_bench_bal"}
+BENCH_COMMANDS = {
+    "bal": "dv4d.flows.cmd_bench_bal",
+    "geometry": "dv4d.flows.cmd_bench_geometry",
+    "memory": "dv4d.flows.cmd_bench_memory",
+    "models": "dv4d.flows.cmd_bench_models",
+    "pipeline": "dv4d.flows.cmd_bench_pipeline",
+}
 """``dv4d bench NAME`` -> module of the same shape."""
 
 
@@ -154,12 +161,14 @@ def check_models(cfg: AnnotateConfig) -> None:
 
 
 def check_out_dir(out: Path) -> None:
+    """The output folder exists (or is created) and a file can be created in it (``os.access`` says yes
+    to root and knows nothing of read-only file systems)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
     except OSError as exc:
-        raise UsageError(f"cannot create output folder {out}: {exc.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError(f"output folder {out} is not writable")
+        raise UsageError(f"output folder {out} is not writable: {exc.strerror or exc}") from None
 
 
 def summary_table(results: list[VideoResult]) -> Table:
@@ -199,7 +208,7 @@ def cmd_annotate(args: argparse.Namespace, console: Console) -> int:
     for video in videos:
         art = VideoArtifacts(args.out, names[video], config_hash)
         try:
-            done = not args.overwrite and is_done(art, file_sha256(video))
+            done = not args.overwrite and finished(art, file_sha256(video))
         except OSError:
             done = False  # unreadable: the task reports it properly
         if done:

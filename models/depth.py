@@ -65,6 +65,19 @@ class DepthProAdapter(_HfDepthAdapter):
         processor = DepthProImageProcessor(size={"height": 128, "width": 128})
         return DepthProForDepthEstimation(config), processor
 
+    def _full(self) -> tuple[Any, Any]:
+        from transformers import DepthProConfig, DepthProForDepthEstimation, DepthProImageProcessor
+
+        vit_large = {"model_type": "dinov2", "hidden_size": 1024, "num_hidden_layers": 24,
+                     "num_attention_heads": 16, "patch_size": 16, "image_size": 384}  # fmt: skip
+        config = DepthProConfig(
+            use_fov_model=True,
+            image_model_config=dict(vit_large),
+            patch_model_config=dict(vit_large),
+            fov_model_config=dict(vit_large),
+        )
+        return DepthProForDepthEstimation(config), DepthProImageProcessor()
+
     def _pretrained(self, path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
         from transformers import DepthProForDepthEstimation, DepthProImageProcessor
 
@@ -119,6 +132,34 @@ class DepthAnythingMetricAdapter(_HfDepthAdapter):
             keep_aspect_ratio=True,
             ensure_multiple_of=14,
             do_pad=False,
+        )
+        return DepthAnythingForDepthEstimation(config), processor
+
+    def _full(self) -> tuple[Any, Any]:
+        from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, DPTImageProcessor
+
+        vit_small = {"model_type": "dinov2", "hidden_size": 384, "num_hidden_layers": 12,
+                     "num_attention_heads": 6, "patch_size": 14, "image_size": 518,
+                     "out_indices": [3, 6, 9, 12], "apply_layernorm": True,
+                     "reshape_hidden_states": False}  # fmt: skip
+        config = DepthAnythingConfig(
+            backbone_config=vit_small,
+            neck_hidden_sizes=[48, 96, 192, 384],
+            fusion_hidden_size=64,
+            head_hidden_size=32,
+            reassemble_hidden_size=384,
+            patch_size=14,
+            depth_estimation_type="metric",
+            max_depth=80,
+        )
+        processor = DPTImageProcessor(
+            size={"height": 518, "width": 518},
+            keep_aspect_ratio=True,
+            ensure_multiple_of=14,
+            do_pad=False,
+            resample=3,
+            image_mean=[0.485, 0.456, 0.406],
+            image_std=[0.229, 0.224, 0.225],
         )
         return DepthAnythingForDepthEstimation(config), processor
 

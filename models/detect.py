@@ -3,6 +3,7 @@
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -19,15 +20,23 @@ class Owlv2Adapter(HfAdapter):
     model_name = "OWLv2"
 
     def __init__(
-        self, weights: ResolvedWeights | None, threshold: float = 0.2, max_per_frame: int = 20
+        self,
+        weights: ResolvedWeights | None,
+        full_size: bool = False,
+        threshold: float = 0.2,
+        max_per_frame: int = 20,
     ) -> None:
-        super().__init__(weights)
+        super().__init__(weights, full_size)
         self.threshold = threshold
         """Minimum detection score kept."""
         self.max_per_frame = max_per_frame
         """At most this many boxes per frame, highest scores first."""
 
-    def _tiny(self) -> tuple[Any, Any]:
+    def _random(
+        self, text: dict[str, Any], vision: dict[str, Any], projection: int, side: int
+    ) -> tuple[Any, Any]:
+        """OWLv2 with the given tower sizes (``text`` may set a ``vocab_size`` larger than the tokenizer's),
+        random weights, and a byte-level tokenizer built offline."""
         from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
 
         # CLIP-style text pooling takes the token with the highest id as end-of-text: eos goes last.
@@ -39,29 +48,60 @@ class Owlv2Adapter(HfAdapter):
         )
         config = Owlv2Config(
             text_config={
-                **TINY_LAYERS,
                 "vocab_size": len(tokenizer),
+                **text,
                 "max_position_embeddings": 16,
                 "eos_token_id": tokenizer.eos_token_id,
                 "bos_token_id": tokenizer.convert_tokens_to_ids("<|startoftext|>"),
                 "pad_token_id": tokenizer.pad_token_id,
             },
-            vision_config={
-                **TINY_LAYERS,
-                "image_size": 64,
-                "patch_size": 16,
-            },
-            projection_dim=32,
+            vision_config={**vision, "image_size": side, "patch_size": 16},
+            projection_dim=projection,
             initializer_factor=0.02,
         )
-        image_processor = Owlv2ImageProcessor(size={"height": 64, "width": 64})
+        image_processor = Owlv2ImageProcessor(size={"height": side, "width": side})
         processor = Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer)
         return Owlv2ForObjectDetection(config), processor
+
+    def _tiny(self) -> tuple[Any, Any]:
+        return self._random(dict(TINY_LAYERS), dict(TINY_LAYERS), 32, 64)
+
+    def _full(self) -> tuple[Any, Any]:
+        # owlv2-base-patch16: CLIP B/16 towers (text 512 x 12, vision 768 x 12) at 960 px.
+        text = {
+            "hidden_size": 512,
+            "intermediate_size": 2048,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 8,
+        }
+        vision = {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+        }
+        return self._random({**text, "vocab_size": 49408}, vision, 512, 960)
 
     def _pretrained(self, path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
         from transformers import Owlv2ForObjectDetection, Owlv2Processor
 
         return load_pretrained(Owlv2ForObjectDetection, Owlv2Processor, path, dtype)
+
+    def _squares(self, frames: np.ndarray) -> list[np.ndarray]:
+        """Frames padded to a square with black at the bottom/right (what OWLv2's processor does) and,
+        when bigger than the network input, shrunk to it by area averaging: the processor's own
+        anti-aliased downscaling is a wide Gaussian blur that costs more than a small network."""
+        side = max(frames.shape[1:3])
+        size = self.processor.image_processor.size
+        target = int(size["height"])
+        squares = []
+        for frame in frames:
+            square = np.zeros((side, side, 3), np.uint8)
+            square[: frame.shape[0], : frame.shape[1]] = frame
+            if side > target:
+                square = cv2.resize(square, (target, int(size["width"])), interpolation=cv2.INTER_AREA)
+            squares.append(square)
+        return squares
 
     @torch.inference_mode()
     def predict(self, frames: np.ndarray, names: list[str]) -> Detections:
@@ -73,7 +113,7 @@ class Owlv2Adapter(HfAdapter):
             return Detections([empty for _ in frames])
         height, width = frames.shape[1:3]
         queries = [list(names) for _ in frames]
-        inputs = self.processor(text=queries, images=list(frames), return_tensors="pt", padding=True)
+        inputs = self.processor(text=queries, images=self._squares(frames), return_tensors="pt", padding=True)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         outputs = self.model(**inputs)

@@ -20,9 +20,17 @@ class Decoding:
     """When given, decoding is constrained to the grammar's JSON form."""
 
 
+Request = tuple[list[np.ndarray], str]
+"""One question for the VLM: its images (each (H, W, 3) uint8, possibly none) and its prompt."""
+
+
 class TextGenerator(Protocol):
     """Something that answers a prompt about zero or more RGB images."""
 
     def generate(self, images: list[np.ndarray], prompt: str, decoding: Decoding) -> str:
         """Answer ``prompt`` about ``images`` (each (H, W, 3) uint8), decoded as ``decoding`` says."""
+        ...
+
+    def generate_batch(self, requests: list[Request], decoding: Decoding) -> list[str]:
+        """One answer per request, in order, decoded as ``decoding`` says (batched where possible)."""
         ...

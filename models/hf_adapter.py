@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dv4d.models.tiny import RANDOM_INIT, build_seeded
+from dv4d.models.tiny import RANDOM_INIT, RANDOM_INIT_FULL_SIZE, build_full_size, build_seeded
 from dv4d.models.weights import ResolvedWeights
 
 
@@ -29,16 +29,20 @@ def load_pretrained(
 
 
 class HfAdapter(ABC):
-    """One ``transformers`` network and its processor: the tiny random-init one (smoke) or pretrained."""
+    """One ``transformers`` network and its processor: pretrained, or random-init at toy size (smoke) or
+    at the checkpoint's full size (benchmarks without the checkpoint)."""
 
     model_name = ""
     """Human name used in messages."""
 
-    def __init__(self, weights: ResolvedWeights | None) -> None:
+    def __init__(self, weights: ResolvedWeights | None, full_size: bool = False) -> None:
         self.weights = weights
-        """Pretrained checkpoint, or ``None`` for the tiny random-init network (smoke)."""
-        self.weights_id = RANDOM_INIT if weights is None else weights.spec.weights_id
-        """``repo_id@revision`` or ``random-init``, recorded in manifests."""
+        """Pretrained checkpoint, or ``None`` for a random-init network."""
+        self.full_size = full_size
+        """Without ``weights``: build the checkpoint's architecture at full size instead of the tiny one."""
+        random_id = RANDOM_INIT_FULL_SIZE if full_size else RANDOM_INIT
+        self.weights_id = random_id if weights is None else weights.spec.weights_id
+        """``repo_id@revision``, ``random-init`` or ``random-init-full-size``, recorded in manifests."""
         self.model: Any = None
         self.processor: Any = None
         self.device = "cpu"
@@ -49,12 +53,18 @@ class HfAdapter(ABC):
         """Tiny random-initialised network of the same architecture, and its processor."""
 
     @abstractmethod
+    def _full(self) -> tuple[Any, Any]:
+        """The pretrained checkpoint's architecture at full size with random weights, and its processor."""
+
+    @abstractmethod
     def _pretrained(self, path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
         """Pretrained network (in ``dtype``) and processor from a local folder."""
 
     def load(self, device: str, dtype: torch.dtype) -> None:
         """Build (smoke) or load (offline, safetensors) the network and move it to ``device``."""
-        if self.weights is None:
+        if self.weights is None and self.full_size:
+            model, processor = build_full_size(self._full, device, dtype)
+        elif self.weights is None:
             model, processor = build_seeded(self._tiny)
         else:
             model, processor = self._pretrained(self.weights.path, dtype)

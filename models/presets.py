@@ -93,6 +93,9 @@ class Preset:
     """Model per role; empty for ``classical``."""
     names_grammar: NamesGrammar
     """Limits of the VLM's dynamic-object answer."""
+    cpu_threads: int | None = None
+    """Intra-op threads for this preset's networks on CPU (``None`` = torch's default). Tiny networks run
+    fastest on one thread: synchronising a thread pool costs more than their operations."""
 
 
 _REAL_TAIL = (
@@ -131,6 +134,7 @@ PRESETS: dict[str, Preset] = {
         ),
         # At least one name so the detector, segmenter and captioner paths always run in tests.
         NamesGrammar(max_names=3, max_name_chars=12, min_names=1),
+        cpu_threads=1,
     ),
 }
 """Every preset by name."""

@@ -25,6 +25,7 @@ def adapter_class(name: str) -> type:
     return loaded
 
 
-def create(name: str, weights: ResolvedWeights | None) -> Any:
-    """A not-yet-loaded adapter: pretrained ``weights``, or ``None`` for the tiny random-init network."""
-    return adapter_class(name)(weights)
+def create(name: str, weights: ResolvedWeights | None, full_size: bool = False) -> Any:
+    """A not-yet-loaded adapter: pretrained ``weights``, or ``None`` for a random-init network (the tiny
+    one, or the checkpoint's architecture at full size with ``full_size``)."""
+    return adapter_class(name)(weights, full_size)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from dv4d.models.base import Masks
-from dv4d.models.tiny import RANDOM_INIT, build_seeded
+from dv4d.models.tiny import RANDOM_INIT, RANDOM_INIT_FULL_SIZE, build_full_size, build_seeded
 from dv4d.models.weights import ResolvedWeights
 
 SAM_VARIANT = "vit_b"
@@ -55,9 +55,12 @@ class SamAdapter:
 
     model_name = "SAM ViT-B"
 
-    def __init__(self, weights: ResolvedWeights | None) -> None:
+    def __init__(self, weights: ResolvedWeights | None, full_size: bool = False) -> None:
         self.weights = weights
-        self.weights_id = RANDOM_INIT if weights is None else weights.spec.weights_id
+        self.full_size = full_size
+        """Without ``weights``: random-init ViT-B at full size instead of the tiny network."""
+        random_id = RANDOM_INIT_FULL_SIZE if full_size else RANDOM_INIT
+        self.weights_id = random_id if weights is None else weights.spec.weights_id
         self.predictor: Any = None
         self.device = "cpu"
         self.dtype = torch.float32
@@ -69,7 +72,11 @@ class SamAdapter:
         """
         from segment_anything import SamPredictor, sam_model_registry
 
-        if self.weights is None:
+        if self.weights is None and self.full_size:
+            sam = build_full_size(
+                partial(sam_model_registry[SAM_VARIANT], checkpoint=None), device, torch.float32
+            )
+        elif self.weights is None:
             sam = build_seeded(_tiny_sam)
         else:
             sam = sam_model_registry[SAM_VARIANT](checkpoint=None)

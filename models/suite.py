@@ -2,12 +2,16 @@
 
 The pipeline never touches model internals: it builds one suite per worker process
 (``shared_suite``), and calls ``depth``, ``dynamic_objects``, ``detect``, ``segment``,
-``caption_object``, ``caption_scene`` and ``rephrase_camera``. Weights are resolved when the
-suite is built (one error lists every missing checkpoint); each network is loaded on first use
-and kept for the life of the process.
+``caption_objects``, ``caption_scene`` and ``rephrase_camera`` (benchmarks also ``load`` and
+``generate``). Weights are resolved when the suite is built (one error lists every missing
+checkpoint); each network is loaded on first use and kept for the life of the process. Every call
+runs on the preset's CPU thread count (one thread for the smoke preset's tiny networks) and its time,
+synchronised on CUDA, is added to its role's seconds.
 """
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -17,19 +21,16 @@ import torch
 
 from dv4d.models import registry, vlm_tasks
 from dv4d.models.base import (
-    DepthAdapter,
     DepthPrediction,
     Detections,
-    DetectorAdapter,
     DynamicObjectNames,
     Masks,
     Rephrasing,
-    SegmenterAdapter,
 )
 from dv4d.models.errors import ModelsError
-from dv4d.models.generator import TextGenerator
+from dv4d.models.generator import Decoding, Request
 from dv4d.models.presets import get_preset
-from dv4d.models.weights import resolve_all
+from dv4d.models.weights import find_weights, resolve_all
 
 MAX_VLM_FRAMES = 4
 """Most keyframes shown to the VLM in one prompt (evenly spaced over those given)."""
@@ -58,11 +59,15 @@ class ModelSuite:
         device: str = "cpu",
         weights_dir: Path | None = None,
         batch_size: int | None = None,
+        full_size_if_missing: bool = False,
     ) -> None:
         """Resolve the preset's checkpoints (raises ``MissingWeightsError`` listing all missing).
 
-        ``batch_size``: frames per forward pass for depth and detection (default 8); bounds
-        accelerator memory on long videos (Depth Pro peaked at 10 GB for 4 frames in bf16 on an H100).
+        ``batch_size``: frames per forward pass for depth and detection, objects per VLM caption batch
+        (default 8); bounds accelerator memory on long videos (Depth Pro peaked at 10 GB for 4 frames
+        in bf16 on an H100). ``full_size_if_missing``: for benchmarks only, a missing checkpoint gives
+        its architecture at full size with random weights (``random-init-full-size``) instead of the
+        error.
         """
         _check_device(device)
         self.preset = get_preset(preset)
@@ -70,9 +75,14 @@ class ModelSuite:
         self.dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         self.batch_size = batch_size or 8
         wanted = {c.role: c.weights for c in self.preset.models if c.weights is not None}
-        resolved = resolve_all(wanted, weights_dir, preset)
+        if full_size_if_missing:
+            found = {role: find_weights(spec, weights_dir) for role, spec in wanted.items()}
+            resolved = {role: weights for role, weights in found.items() if weights is not None}
+        else:
+            resolved = resolve_all(wanted, weights_dir, preset)
         self._adapters: dict[str, Any] = {
-            c.role: registry.create(c.model, resolved.get(c.role)) for c in self.preset.models
+            c.role: registry.create(c.model, resolved.get(c.role), c.weights is not None)
+            for c in self.preset.models
         }
         self._loaded: set[str] = set()
         self._seconds: dict[str, float] = dict.fromkeys(self._adapters, 0.0)
@@ -100,21 +110,46 @@ class ModelSuite:
             self._loaded.add(role)
         return adapter
 
-    def _timed(self, role: str, start: float) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize(self.device)
-        self._seconds[role] += time.perf_counter() - start
+    @contextmanager
+    def _threads(self) -> Iterator[None]:
+        """Run the body on the preset's CPU thread count (``Preset.cpu_threads``), then restore it."""
+        threads = self.preset.cpu_threads
+        if threads is None or self.device != "cpu":
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    @contextmanager
+    def _running(self, role: str) -> Iterator[Any]:
+        """The loaded adapter of ``role``; the body's time (synchronised on CUDA) counts to the role."""
+        with self._threads():
+            adapter = self._use(role)
+            start = time.perf_counter()
+            yield adapter
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize(self.device)
+            self._seconds[role] += time.perf_counter() - start
+
+    def load(self, *roles: str) -> None:
+        """Load the networks of ``roles`` (default: all of the preset's) now instead of on first use."""
+        for role in roles or self.roles:
+            with self._threads():
+                self._use(role)
 
     def depth(self, frames: np.ndarray) -> DepthPrediction:
         """Metric depth (and focal where the model gives it) for ``frames`` (B, H, W, 3) uint8."""
         if len(frames) == 0:
             raise ValueError("depth() needs at least one frame")
-        adapter: DepthAdapter = self._use("depth")
-        start = time.perf_counter()
-        parts = [
-            adapter.predict(frames[i : i + self.batch_size]) for i in range(0, len(frames), self.batch_size)
-        ]
-        self._timed("depth", start)
+        with self._running("depth") as adapter:
+            step = self.batch_size
+            parts: list[DepthPrediction] = [
+                adapter.predict(frames[i : i + step]) for i in range(0, len(frames), step)
+            ]
         focals = [p.focal_px for p in parts if p.focal_px is not None]
         return DepthPrediction(
             depth=np.concatenate([p.depth for p in parts]),
@@ -124,55 +159,51 @@ class ModelSuite:
 
     def dynamic_objects(self, keyframes: list[np.ndarray]) -> DynamicObjectNames:
         """Names of the moving objects, from at most ``MAX_VLM_FRAMES`` of ``keyframes``."""
-        adapter: TextGenerator = self._use("vlm")
-        start = time.perf_counter()
-        names = vlm_tasks.dynamic_object_names(
-            adapter, _spread(keyframes, MAX_VLM_FRAMES), self.preset.names_grammar
-        )
-        self._timed("vlm", start)
-        return names
+        with self._running("vlm") as adapter:
+            return vlm_tasks.dynamic_object_names(
+                adapter, _spread(keyframes, MAX_VLM_FRAMES), self.preset.names_grammar
+            )
 
     def detect(self, frames: np.ndarray, names: list[str]) -> Detections:
         """Boxes of ``names`` in every frame of ``frames`` (B, H, W, 3) uint8."""
-        adapter: DetectorAdapter = self._use("detector")
-        start = time.perf_counter()
         per_frame = []
-        for i in range(0, len(frames), self.batch_size):
-            per_frame += adapter.predict(frames[i : i + self.batch_size], names).frames
-        self._timed("detector", start)
+        with self._running("detector") as adapter:
+            for i in range(0, len(frames), self.batch_size):
+                per_frame += adapter.predict(frames[i : i + self.batch_size], names).frames
         return Detections(per_frame)
 
     def segment(self, frame: np.ndarray, boxes: np.ndarray) -> Masks:
         """One mask per box (N, 4) xyxy pixels in ``frame`` (H, W, 3) uint8."""
-        adapter: SegmenterAdapter = self._use("segmenter")
-        start = time.perf_counter()
-        masks = adapter.predict(frame, boxes)
-        self._timed("segmenter", start)
+        with self._running("segmenter") as adapter:
+            masks: Masks = adapter.predict(frame, boxes)
         return masks
 
-    def caption_object(self, crop: np.ndarray, mask: np.ndarray) -> str:
-        """One sentence about the object under ``mask`` (H, W) bool in ``crop`` (H, W, 3) uint8."""
-        adapter: TextGenerator = self._use("vlm")
-        start = time.perf_counter()
-        text = vlm_tasks.object_caption(adapter, crop, mask)
-        self._timed("vlm", start)
-        return text
+    def caption_objects(self, objects: list[tuple[np.ndarray, np.ndarray]]) -> list[str]:
+        """One sentence per (crop (H, W, 3) uint8, mask (H, W) bool) of ``objects``, in order.
+
+        Batched ``batch_size`` objects per generation (bounds accelerator memory)."""
+        texts: list[str] = []
+        with self._running("vlm") as adapter:
+            for i in range(0, len(objects), self.batch_size):
+                texts += vlm_tasks.object_captions(adapter, objects[i : i + self.batch_size])
+        return texts
+
+    def generate(self, requests: list[Request], decoding: Decoding) -> list[str]:
+        """The VLM's raw answers to ``requests`` in one batch, without validation or retries (what
+        benchmarks time: the cost of one pass of the captioning or naming tasks)."""
+        with self._running("vlm") as adapter:
+            answers: list[str] = adapter.generate_batch(requests, decoding)
+        return answers
 
     def caption_scene(self, keyframes: list[np.ndarray]) -> str:
         """A short description of the video from at most ``MAX_VLM_FRAMES`` keyframes."""
-        adapter: TextGenerator = self._use("vlm")
-        start = time.perf_counter()
-        text = vlm_tasks.scene_caption(adapter, _spread(keyframes, MAX_VLM_FRAMES))
-        self._timed("vlm", start)
-        return text
+        with self._running("vlm") as adapter:
+            return vlm_tasks.scene_caption(adapter, _spread(keyframes, MAX_VLM_FRAMES))
 
     def rephrase_camera(self, text: str) -> Rephrasing:
         """VLM rephrasing of a trajectory caption, kept only if every number and direction survives."""
-        adapter: TextGenerator = self._use("vlm")
-        start = time.perf_counter()
-        result = vlm_tasks.rephrase_camera(adapter, text)
-        self._timed("vlm", start)
-        return result
+        with self._running("vlm") as adapter:
+            return vlm_tasks.rephrase_camera(adapter, text)
 
     def components(self) -> dict[str, dict[str, str | float]]:
         """What ran, per role: model, weights id, device, dtype and seconds (load + inference).
@@ -193,6 +224,9 @@ class ModelSuite:
 
 
 @lru_cache(maxsize=4)
-def shared_suite(preset: str, device: str, weights_dir: Path | None) -> ModelSuite:
-    """One ``ModelSuite`` per (preset, device, weights_dir) per process, so each model loads once."""
-    return ModelSuite(preset, device, weights_dir)
+def shared_suite(
+    preset: str, device: str, weights_dir: Path | None, full_size_if_missing: bool = False
+) -> ModelSuite:
+    """One ``ModelSuite`` per (preset, device, weights_dir, full_size_if_missing) per process, so each
+    model loads once."""
+    return ModelSuite(preset, device, weights_dir, full_size_if_missing=full_size_if_missing)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dv4d.models.generator import Decoding
+from dv4d.models.generator import Decoding, Request
 from dv4d.models.hf_adapter import HfAdapter, load_pretrained
 from dv4d.models.names_grammar import ALPHABET, DONE, NamesGrammar
 from dv4d.models.text_tokenizer import byte_tokenizer
@@ -36,8 +36,9 @@ _TINY_CHAT_TEMPLATE = (
 )
 
 
-def _tiny_qwen() -> tuple[Any, Any]:
-    """Qwen2.5-VL with the real architecture at toy size and a byte-level tokenizer built offline."""
+def _random_qwen(text: dict[str, Any], vision: dict[str, Any], max_pixels: int) -> tuple[Any, Any]:
+    """Qwen2.5-VL with the given tower sizes (``text`` may set a ``vocab_size`` larger than the
+    tokenizer's), random weights, and a byte-level tokenizer built offline."""
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -54,27 +55,8 @@ def _tiny_qwen() -> tuple[Any, Any]:
         "pad_token_id": ids["<|endoftext|>"],
     }
     config = Qwen2_5_VLConfig(
-        text_config={
-            **TINY_LAYERS,
-            "vocab_size": len(tokenizer),
-            "num_key_value_heads": 1,
-            "max_position_embeddings": 4096,
-            "rope_scaling": {"type": "mrope", "rope_type": "default", "mrope_section": [2, 3, 3]},
-            "tie_word_embeddings": True,
-            **special_ids,
-        },
-        vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": 32,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 56,
-            "fullatt_block_indexes": [1],
-        },
+        text_config={"vocab_size": len(tokenizer), **text, "tie_word_embeddings": True, **special_ids},
+        vision_config={"patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, **vision},
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -82,7 +64,7 @@ def _tiny_qwen() -> tuple[Any, Any]:
         **special_ids,
     )
     processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56),
+        image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=max_pixels),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(),
         chat_template=_TINY_CHAT_TEMPLATE,
@@ -93,17 +75,52 @@ def _tiny_qwen() -> tuple[Any, Any]:
     return model, processor
 
 
+def _tiny_qwen() -> tuple[Any, Any]:
+    """Qwen2.5-VL with the real architecture at toy size."""
+    text = {
+        **TINY_LAYERS,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 4096,
+        "rope_scaling": {"type": "mrope", "rope_type": "default", "mrope_section": [2, 3, 3]},
+    }
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
+              "window_size": 56, "fullatt_block_indexes": [1]}  # fmt: skip
+    return _random_qwen(text, vision, 56 * 56)
+
+
+def _full_qwen() -> tuple[Any, Any]:
+    """Qwen2.5-VL-3B-Instruct's architecture (3.75 B parameters) with random weights."""
+    text = {
+        "vocab_size": 151936,
+        "hidden_size": 2048,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128000,
+        "rms_norm_eps": 1e-6,
+        "rope_scaling": {"type": "mrope", "rope_type": "default", "mrope_section": [16, 24, 24]},
+    }
+    vision = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+              "out_hidden_size": 2048, "window_size": 112,
+              "fullatt_block_indexes": [7, 15, 23, 31]}  # fmt: skip
+    return _random_qwen(text, vision, MAX_IMAGE_PIXELS)
+
+
 class QwenVlAdapter(HfAdapter):
     """Qwen2.5-VL (Alibaba) answering prompts about images; implements ``TextGenerator``."""
 
     model_name = "Qwen2.5-VL"
 
-    def __init__(self, weights: ResolvedWeights | None) -> None:
-        super().__init__(weights)
+    def __init__(self, weights: ResolvedWeights | None, full_size: bool = False) -> None:
+        super().__init__(weights, full_size)
         self._token_text: list[tuple[int, str]] | None = None
 
     def _tiny(self) -> tuple[Any, Any]:
         return _tiny_qwen()
+
+    def _full(self) -> tuple[Any, Any]:
+        return _full_qwen()
 
     def _pretrained(self, path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
@@ -142,17 +159,30 @@ class QwenVlAdapter(HfAdapter):
 
         return allowed
 
-    @torch.inference_mode()
     def generate(self, images: list[np.ndarray], prompt: str, decoding: Decoding) -> str:
         """Answer ``prompt`` about ``images``; see ``TextGenerator.generate``."""
+        return self.generate_batch([(images, prompt)], decoding)[0]
+
+    @torch.inference_mode()
+    def generate_batch(self, requests: list[Request], decoding: Decoding) -> list[str]:
+        """Answer each (images, prompt) of ``requests`` in one batched ``generate``; see ``TextGenerator``."""
         self._require_loaded("generate")
-        content: list[dict[str, str]] = [{"type": "image"} for _ in images]
-        content.append({"type": "text", "text": prompt})
-        text = self.processor.apply_chat_template(
-            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-        )
-        pil = [Image.fromarray(image) for image in images] or None
-        inputs = self.processor(text=[text], images=pil, return_tensors="pt").to(self.device)
+        if not requests:
+            return []
+        texts, pil = [], []
+        for images, prompt in requests:
+            content: list[dict[str, str]] = [{"type": "image"} for _ in images]
+            content.append({"type": "text", "text": prompt})
+            texts.append(
+                self.processor.apply_chat_template(
+                    [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+                )
+            )
+            pil += [Image.fromarray(image) for image in images]
+        # Decoder-only batches pad on the left so every answer starts right after its prompt.
+        self.processor.tokenizer.padding_side = "left"
+        inputs = self.processor(text=texts, images=pil or None, return_tensors="pt", padding=True)
+        inputs = inputs.to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         prompt_len = inputs["input_ids"].shape[1]
@@ -166,4 +196,5 @@ class QwenVlAdapter(HfAdapter):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(attempt)
             out = self.model.generate(**inputs, **options)
-        return str(self.processor.tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True))
+        answers = self.processor.tokenizer.batch_decode(out[:, prompt_len:], skip_special_tokens=True)
+        return [str(text) for text in answers]

@@ -9,11 +9,13 @@ import numpy as np
 
 from dv4d.models.base import DynamicObjectNames, Rephrasing
 from dv4d.models.errors import VlmOutputError
-from dv4d.models.generator import Decoding, TextGenerator
+from dv4d.models.generator import Decoding, Request, TextGenerator
 from dv4d.models.names_grammar import NamesGrammar, parse_dynamic_names
 
 MAX_ATTEMPTS = 3
 """Generations tried before giving up on an answer that keeps failing validation."""
+CAPTION_TOKENS = 48
+"""Most new tokens of one object caption."""
 
 DYNAMIC_PROMPT = (
     "These are frames from one video. List every object that moves or could move on its own "
@@ -72,6 +74,12 @@ def _clean_text(answer: str) -> str:
     return text
 
 
+def names_token_budget(grammar: NamesGrammar) -> int:
+    """New tokens allowed for a names answer: the longest answer ``grammar`` accepts, one character per
+    token, plus slack."""
+    return grammar.max_names * (grammar.max_name_chars + 4) + 16
+
+
 def dynamic_object_names(
     generator: TextGenerator, keyframes: list[np.ndarray], grammar: NamesGrammar
 ) -> DynamicObjectNames:
@@ -80,7 +88,7 @@ def dynamic_object_names(
         generator,
         keyframes,
         DYNAMIC_PROMPT,
-        max_new_tokens=grammar.max_names * (grammar.max_name_chars + 4) + 16,
+        max_new_tokens=names_token_budget(grammar),
         check=lambda answer: parse_dynamic_names(answer, grammar),
         grammar=grammar,
     )
@@ -96,10 +104,32 @@ def highlight(crop: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def object_caption(generator: TextGenerator, crop: np.ndarray, mask: np.ndarray) -> str:
-    """One sentence about the object under ``mask`` in ``crop``."""
-    text, _ = _with_retries(generator, [highlight(crop, mask)], OBJECT_PROMPT, 48, _clean_text)
-    return text
+def object_captions(generator: TextGenerator, objects: list[tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    """One sentence per (crop, mask) of ``objects``, in order, from batched generations.
+
+    Every object is asked in one batch; only the answers that fail validation are asked again (up to
+    ``MAX_ATTEMPTS`` generations each). Raises ``VlmOutputError`` naming the objects that never passed.
+    """
+    requests: list[Request] = [([highlight(crop, mask)], OBJECT_PROMPT) for crop, mask in objects]
+    answers: list[str | None] = [None] * len(requests)
+    problems: dict[int, list[str]] = {}
+    pending = list(range(len(requests)))
+    for attempt in range(MAX_ATTEMPTS):
+        if not pending:
+            break
+        texts = generator.generate_batch([requests[i] for i in pending], Decoding(CAPTION_TOKENS, attempt))
+        still = []
+        for i, text in zip(pending, texts, strict=True):
+            try:
+                answers[i] = _clean_text(text)
+            except ValueError as exc:
+                problems.setdefault(i, []).append(f"attempt {attempt + 1}: {exc} (answer {text[:80]!r})")
+                still.append(i)
+        pending = still
+    if pending:
+        details = "\n  ".join(f"object {i}: {'; '.join(problems[i])}" for i in pending)
+        raise VlmOutputError(f"the VLM gave no valid caption for {len(pending)} object(s):\n  {details}")
+    return [a for a in answers if a is not None]
 
 
 def scene_caption(generator: TextGenerator, keyframes: list[np.ndarray]) -> str:

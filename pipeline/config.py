@@ -14,6 +14,7 @@ from dv4d.pipeline.geometry import GeometryConfig
 from dv4d.pipeline.instances import TrackerConfig
 from dv4d.pipeline.keyframes import KeyframeConfig
 from dv4d.pipeline.motion import MotionConfig
+from dv4d.pipeline.tracking import TrackingConfig
 
 PRESETS = ("classical", "smoke", "default")
 """Model presets, see DESIGN.md: ``classical`` (no learned weights), ``smoke`` (tiny random models of the
@@ -44,6 +45,10 @@ class AnnotateConfig:
     """Folder of ``<video-stem>.npy`` instance-id priors, (N,h,w) integers, 0 = background."""
     weights_dir: Path | None = None
     """Folder with local copies of model weights (searched before the Hugging Face cache)."""
+    random_init_missing: bool = False
+    """A checkpoint missing on this machine becomes its architecture at full size with random weights
+    (components labelled ``random-init-full-size``, never metric) instead of stopping; for benchmarks
+    (``dv4d bench pipeline``), not for annotations anyone should use."""
     chunk_frames: int = 32
     """Frames decoded and processed per chunk; bounds memory on long videos."""
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
@@ -53,7 +58,9 @@ class AnnotateConfig:
     motion: MotionConfig = field(default_factory=MotionConfig)
     """Geometric motion segmentation (flow residual against the recovered ego-motion)."""
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
-    """Instance tracking across frames."""
+    """Tracking of motion-mask instances across frames (classical and mask priors)."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Detector + SAM object tracking of the model presets."""
     captions: CaptionConfig = field(default_factory=CaptionConfig)
     """Thresholds of the camera-motion caption."""
 

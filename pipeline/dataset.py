@@ -1,6 +1,8 @@
-"""``Dv4dDataset``: clips of annotated videos as tensors, memory-mapped (a worker never loads a video)."""
+"""``Dv4dDataset``: clips of annotated videos as tensors; a worker reads only the clip's rows of each
+array (positional reads, not memory maps, so its resident memory grows with the clip, not the video)."""
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dv4d.pipeline.artifacts import SCHEMA, VideoArtifacts
+from dv4d.pipeline.export import load_array
 
 FIELDS = ("rgb", "depth", "c2w", "K", "instances", "dynamic", "captions", "timestamps")
 """Every field a sample can hold:
@@ -19,6 +22,9 @@ FIELDS = ("rgb", "depth", "c2w", "K", "instances", "dynamic", "captions", "times
 - ``captions`` {"scene": str, "camera": str}; ``timestamps`` float64 (T,) seconds.
 Every sample also has ``video`` (folder name) and ``start`` (first frame index of the clip).
 """
+OPEN_VIDEOS = 8
+"""Videos whose handles (cameras, open array files) a dataset keeps per process, least recently used
+dropped first: memory and open files stay bounded however many videos the root holds."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,7 @@ class Dv4dDataset(Dataset[dict[str, Any]]):
             count = int(manifest["frames"]["count"])
             for start in range(0, count - clip_len + 1, stride):
                 self.clips.append(Clip(manifest_path.parent, start))
-        self._open: dict[Path, dict[str, Any]] = {}
+        self._open: OrderedDict[Path, dict[str, Any]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -99,7 +105,9 @@ class Dv4dDataset(Dataset[dict[str, Any]]):
     def _video(self, video_dir: Path) -> dict[str, Any]:
         """Per-process handles of one video (opened lazily, after a DataLoader worker forked)."""
         handles = self._open.get(video_dir)
-        if handles is None:
+        if handles is not None:
+            self._open.move_to_end(video_dir)
+        else:
             a = VideoArtifacts
             with np.load(video_dir / a.CAMERAS) as cams:
                 cameras = {k: cams[k] for k in ("c2w", "K", "timestamps")}
@@ -108,12 +116,16 @@ class Dv4dDataset(Dataset[dict[str, Any]]):
             dynamic_ids = [r["id"] for r in records if r["dynamic"]]
             handles = {
                 "cameras": cameras,
-                "depth": np.load(video_dir / a.DEPTH, mmap_mode="r"),
-                "instances": np.load(video_dir / a.INSTANCES, mmap_mode="r"),
+                "depth": load_array(video_dir / a.DEPTH),
+                "instances": load_array(video_dir / a.INSTANCES),
                 "dynamic_ids": np.array(dynamic_ids, dtype=np.int64),
                 "captions": {"scene": captions.get("scene") or "", "camera": captions["camera"]["text"]},
             }
             self._open[video_dir] = handles
+            if len(self._open) > OPEN_VIDEOS:
+                _, evicted = self._open.popitem(last=False)
+                evicted["depth"].close()
+                evicted["instances"].close()
         return handles
 
     def __getitem__(self, index: int) -> dict[str, Any]:

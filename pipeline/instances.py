@@ -1,18 +1,23 @@
 """Stable instance ids across a video from per-frame masks, streamed frame by frame.
 
-Each frame gives candidate regions: the 8-connected components of a boolean dynamic mask (classical
-path, label ``TrackerConfig.default_label``), or the regions of an integer proposal map from a segmenter
-(model path, one region per nonzero value, labels given per value). Every live track predicts where it
-is in the new frame: its mask forward-warped by the flow when it was seen in the previous call's frame
-and a flow is given, otherwise its last mask shifted by its constant-velocity estimate (centroid motion in
-pixels per frame). Frame numbers may skip (e.g. keyframes only): gaps and velocities count frame numbers.
-Candidates are matched to predictions greedily by overlap score ``max(IoU, fraction of the prediction
-covered)`` above ``min_iou``, and only to tracks of the same label; a candidate that covers the
-predictions of several tracks (objects merged into one blob while crossing) is split among them, each
-pixel going to the nearest prediction, and those tracks coast on their predictions (shape and velocity
-kept) until they separate again. Unmatched candidates of at least ``min_area`` pixels start new tracks;
-a track unseen for more than ``max_gap`` frames is never continued. Ids are 1..N in order of first
-appearance; 0 is background.
+Each frame gives candidate regions: the 8-connected components of a boolean dynamic mask, those closer
+than ``group_fraction`` of the long side grouped into one (classical path, label
+``TrackerConfig.default_label``; a moving object often comes as several pieces), or the regions of an
+integer proposal map from a segmenter (model path, one region per nonzero value, labels given per
+value). Every live track predicts where it is in the new frame: its mask forward-warped by the flow
+when it was seen in the previous call's frame and a flow is given, otherwise its last mask shifted by
+its constant-velocity estimate (centroid motion in pixels per frame). Frame numbers may skip (e.g.
+keyframes only): gaps and velocities count frame numbers. Candidates are matched to predictions greedily
+by overlap score ``max(IoU, fraction of the prediction covered)`` above ``min_iou``, and only to tracks
+of the same label. A candidate that covers the predictions of several established tracks (matched alone
+in at least ``min_solo_frames`` frames: objects merged into one blob while crossing) is split among
+them, each pixel going to the nearest prediction, and those tracks coast on their predictions (shape
+and velocity kept) until they separate again. Otherwise it continues one track alone (the one seen
+most recently, then most often, then with the best score) and the other tracks it covers (fragments of
+the same object) are not continued. Unmatched candidates of at least ``min_area`` pixels start new
+tracks; a track unseen for more than ``max_gap`` frames is never continued. Ids are 1..N in order of
+first appearance; 0 is background. ``finish`` then drops the tracks seen in fewer than ``min_frames``
+frames (flicker) and renumbers the rest.
 """
 
 from collections.abc import Mapping
@@ -35,12 +40,20 @@ class TrackerConfig:
     """Candidate regions of fewer pixels neither start nor continue a track (they get id 0)."""
     default_label: str = "object"
     """Label of regions that come without one (the classical path: a neutral word, no invented text)."""
+    group_fraction: float = 0.04
+    """Components of a boolean mask closer than this fraction of the image's long side form one candidate."""
+    min_solo_frames: int = 5
+    """A blob covering several tracks is split among those matched alone in at least this many frames."""
+    min_frames: int = 5
+    """``finish`` drops tracks that carry pixels in fewer frames than this."""
 
     def __post_init__(self) -> None:
         if not 0 < self.min_iou <= 1:
             raise ValueError(f"min_iou must be in (0, 1], got {self.min_iou}")
         if self.max_gap < 0 or self.min_area < 1:
             raise ValueError("max_gap must be >= 0 and min_area >= 1")
+        if self.group_fraction < 0 or self.min_solo_frames < 0 or self.min_frames < 1:
+            raise ValueError("group_fraction and min_solo_frames must be >= 0, min_frames >= 1")
 
 
 @dataclass
@@ -85,6 +98,10 @@ class _Track:
     """Frame of ``mask`` and ``centroid``."""
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))
     """Centroid motion in pixels per frame, from the last two unmerged observations."""
+    solo: int = 0
+    """Frames in which it was matched alone to a candidate."""
+    seen: int = 0
+    """Frames in which it carried pixels."""
 
 
 def _centroid(mask: np.ndarray) -> np.ndarray:
@@ -123,13 +140,19 @@ class InstanceTracker:
         self._tracks: list[_Track] = []
         self._frame = -1
         self._shape: tuple[int, int] | None = None
+        self._calls = 0
 
     def _candidates(self, mask: np.ndarray, labels: Mapping[int, str] | None) -> list[tuple[np.ndarray, str]]:
         if mask.dtype == np.bool_:
             if labels is not None:
                 raise ValueError("labels need an integer proposal map, not a boolean mask")
-            count, comp = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-            regions = [(comp == k, self.cfg.default_label) for k in range(1, count)]
+            grown = mask.astype(np.uint8)
+            radius = round(self.cfg.group_fraction * max(mask.shape) / 2)
+            if radius > 0:
+                kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+                grown = cv2.dilate(grown, kernel)
+            count, comp = cv2.connectedComponents(grown, connectivity=8)
+            regions = [(mask & (comp == k), self.cfg.default_label) for k in range(1, count)]
         elif np.issubdtype(mask.dtype, np.integer):
             values = [int(v) for v in np.unique(mask) if v != 0]
             labels = labels or {}
@@ -171,6 +194,7 @@ class InstanceTracker:
             )
         previous, self._frame = self._frame, frame
         self._shape = mask.shape
+        self._calls += 1
 
         candidates = self._candidates(mask, labels)
         live = [t for t in self._tracks if frame - t.record.last_frame <= self.cfg.max_gap + 1]
@@ -199,16 +223,18 @@ class InstanceTracker:
                     raise ValueError("more than 65535 instances: ids no longer fit in uint16")
                 record = InstanceRecord(len(self._tracks) + 1, label, dynamic, frame, frame, 0)
                 self._tracks.append(_Track(record, region, _centroid(region), frame))
-                self._count(record, region, frame, dynamic)
+                self._count(self._tracks[-1], region, frame, dynamic)
                 ids[region] = record.id
                 continue
-            claim = owners[c]
-            if len(claim) == 1:
-                track = live[claim[0]]
+            claim = [k for k in owners[c] if live[k].solo >= self.cfg.min_solo_frames]
+            if len(claim) < 2:
+                # The most recently and most often seen track goes on (ties: the best overlap score).
+                track = live[max(claim or owners[c], key=lambda k: (live[k].frame, live[k].seen))]
                 centroid = _centroid(region)
                 track.velocity = (centroid - track.centroid) / (frame - track.frame)
                 track.mask, track.centroid, track.frame = region, centroid, frame
-                self._count(track.record, region, frame, dynamic)
+                track.solo += 1
+                self._count(track, region, frame, dynamic)
                 ids[region] = track.record.id
                 continue
             # Merged blob: each pixel to the nearest prediction (ties inside overlapping predictions to the
@@ -220,7 +246,7 @@ class InstanceTracker:
                 track.mask, track.centroid, track.frame = predictions[k], _centroid(predictions[k]), frame
                 share = region & (nearest == n)
                 if share.any():
-                    self._count(track.record, share, frame, dynamic)
+                    self._count(track, share, frame, dynamic)
                     ids[share] = track.record.id
         return ids
 
@@ -234,7 +260,9 @@ class InstanceTracker:
         return to_mask + 1e-3 * np.hypot(xs - cx, ys - cy)
 
     @staticmethod
-    def _count(record: InstanceRecord, share: np.ndarray, frame: int, dynamic: bool) -> None:
+    def _count(track: _Track, share: np.ndarray, frame: int, dynamic: bool) -> None:
+        record = track.record
+        track.seen += 1
         record.last_frame = frame
         record.num_pixels += int(share.sum())
         record.dynamic = record.dynamic or dynamic
@@ -242,3 +270,18 @@ class InstanceTracker:
     def records(self) -> list[InstanceRecord]:
         """One record per id, ordered by id (1..N)."""
         return [t.record for t in self._tracks]
+
+    def finish(self) -> np.ndarray:
+        """End the video: drop the tracks seen in fewer than ``min_frames`` frames (or than the number of
+        ``update`` calls, when fewer) and renumber the rest 1..M in order of first appearance. Returns the
+        (N+1,) uint16 lookup from the ids ``update`` returned to the final ids (0 for dropped tracks and
+        background): ``final = lookup[ids]``. ``records`` afterwards lists the kept tracks under their new
+        ids; no more updates follow."""
+        lookup = np.zeros(len(self._tracks) + 1, dtype=np.uint16)
+        kept = [t for t in self._tracks if t.seen >= min(self.cfg.min_frames, self._calls)]
+        for new_id, track in enumerate(kept, start=1):
+            lookup[track.record.id] = new_id
+            track.record.id = new_id
+        self._tracks = kept
+        self._frame = np.iinfo(np.int64).max
+        return lookup

@@ -1,25 +1,32 @@
 """Geometric motion segmentation: which pixels move on their own, not because the camera moved.
 
-No learned model. The observed optical flow from frame ``i`` to frame ``j`` is compared with the flow a
-static scene would produce under the camera motion between the two frames:
+No learned model. The observed optical flow from frame ``i`` to one or more other frames ("views") is
+compared with the flow a static scene would produce under the camera motion (``motion_score``):
 
-- where the z-depth of frame ``i`` is known: the full reprojection residual (pixels) between the observed
-  flow target and the projection of the back-projected pixel into frame ``j``;
-- where it is not: the (signed square root of the) Sampson distance of the correspondence to the epipolar
-  geometry of the relative pose, in pixels; for a relative pose without translation (pure rotation, where
-  the static flow does not depend on depth) the residual against the rotation homography.
+- where the z-depth of frame ``i`` is known: the reprojection residual (pixels) between the observed
+  flow target and the projection of the back-projected pixel into each view;
+- where it is not: one inverse depth per pixel is fitted to all views at once and the residual is the
+  worst reprojection error with it. With one view this is the distance to the epipolar line (motion
+  along the epipolar line is invisible); with two views on either side, a point moving along its
+  epipolar lines no longer meets in one 3D point. Pure rotations reduce to the rotation homography.
 
-Small pose errors would otherwise flag whole frames, so the relative pose is first re-fitted to the
+Small pose errors would otherwise flag whole frames, so each relative pose is first re-fitted to the
 observed flow by a robust (Cauchy-weighted) Levenberg-Marquardt on a pixel grid; moving objects, being a
 minority of pixels, are down-weighted by the robust weights. The thresholded residual is cleaned by a
-morphological opening and closing and by removing connected components below a minimum area.
+morphological opening and closing, by removing connected components below a minimum area and by
+filling enclosed holes.
+
+``segment_motion`` streams a whole video: each frame against partner frames far enough away for a
+target parallax (``partner_gap``), with forward-backward checked DIS flow on textured pixels.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from dv4d.pipeline.flow import DIS_PRESETS, dis_flow, forward_backward_mask, to_gray
 
 Residuals = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """Residual vector of the sampled correspondences for a relative pose ``(R, t)`` (camera i -> camera j)."""
@@ -34,11 +41,14 @@ class MotionConfig:
     relative_threshold: float = 0.1
     """Added to ``threshold_px``: this fraction of the static (ego-motion) flow magnitude at the pixel, so
     depth errors, which grow with parallax, are not taken for motion. Unused where depth is unknown."""
+    triangulation_relative_threshold: float = 0.03
+    """The same for pixels without depth, whose depth is fitted to the flows: only flow errors remain,
+    which grow little with the flow."""
     refine_pose: bool = True
     """Re-fit the relative pose to the observed flow before testing (absorbs small pose noise)."""
     refine_iterations: int = 8
     """Levenberg-Marquardt iterations of the pose re-fit."""
-    sample_stride: int = 4
+    sample_stride: int = 8
     """Pixel stride of the grid of correspondences used by the pose re-fit."""
     pure_rotation_baseline: float = 1e-9
     """Relative translation norm (scene units) below which the pose counts as a pure rotation when depth is
@@ -49,12 +59,37 @@ class MotionConfig:
     """Radius in pixels of the morphological closing that fills pinholes (0 = none)."""
     min_area: int = 64
     """Connected components (8-connected) of fewer pixels are dropped."""
+    fill_holes: bool = True
+    """Fill the holes enclosed by a dynamic region (untextured parts of a moving object, whose flow fails
+    the forward-backward check, are not judged and would otherwise stay static)."""
+
+    target_flow_fraction: float = 0.03
+    """Partner frames are this many frames away from each frame: the smallest gap whose median static
+    flow reaches this fraction of the image's long side (more parallax separates motion better)."""
+    max_gap: int = 12
+    """Largest gap in frames between a frame and its partners (flow degrades as views drift apart)."""
+    fb_max_error_px: float = 1.0
+    """Pixels whose flow to a partner fails the forward-backward check by more than this are not judged
+    in that partner (occlusions at object borders would look like motion)."""
+    min_texture: float = 1.0
+    """Pixels whose image structure is weaker than this are not judged: the smaller eigenvalue of the
+    gradient structure tensor (``cv2.cornerMinEigenVal`` over 7x7 blocks of the 0-255 gray image). Flow
+    in untextured regions is interpolated from their surroundings and would drag static walls or tables
+    along with a moving neighbour (0 = judge every pixel)."""
+    flow_preset: str = "fine"
+    """DIS preset of the flows to the partners (see ``dv4d.pipeline.flow.DIS_PRESETS``)."""
 
     def __post_init__(self) -> None:
         if not self.threshold_px > 0:
             raise ValueError(f"threshold_px must be positive, got {self.threshold_px}")
-        if self.relative_threshold < 0:
-            raise ValueError(f"relative_threshold must be >= 0, got {self.relative_threshold}")
+        if self.relative_threshold < 0 or self.triangulation_relative_threshold < 0:
+            raise ValueError("relative_threshold and triangulation_relative_threshold must be >= 0")
+        if not self.target_flow_fraction > 0 or self.max_gap < 1 or not self.fb_max_error_px > 0:
+            raise ValueError("target_flow_fraction and fb_max_error_px must be positive, max_gap >= 1")
+        if self.min_texture < 0:
+            raise ValueError(f"min_texture must be >= 0, got {self.min_texture}")
+        if self.flow_preset not in DIS_PRESETS:
+            raise ValueError(f"flow_preset must be one of {sorted(DIS_PRESETS)}, got {self.flow_preset!r}")
         if self.sample_stride < 1 or self.refine_iterations < 0:
             raise ValueError("sample_stride must be >= 1 and refine_iterations >= 0")
         if self.open_radius < 0 or self.close_radius < 0 or self.min_area < 0:
@@ -208,8 +243,150 @@ def _clean(mask: np.ndarray, cfg: MotionConfig) -> np.ndarray:
         count, labels, stats, _ = cv2.connectedComponentsWithStats(out, connectivity=8)
         keep = np.zeros(count, dtype=bool)
         keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= cfg.min_area
-        return keep[labels]
+        out = keep[labels].astype(np.uint8)
+    if cfg.fill_holes:
+        # Background components (4-connected) that do not touch the image border are holes.
+        count, labels = cv2.connectedComponents(1 - out, connectivity=4)
+        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        hole = np.ones(count, dtype=bool)
+        hole[border] = False
+        out[hole[labels] & (out == 0)] = 1
     return out.astype(bool)
+
+
+@dataclass(frozen=True)
+class View:
+    """Another frame j seen from frame i through the observed flow."""
+
+    c2w: np.ndarray
+    """(4,4) camera-to-world pose of frame j."""
+    flow: np.ndarray
+    """(H,W,2) observed flow from frame i to frame j, pixels (NaN = unknown)."""
+    valid: np.ndarray | None = None
+    """(H,W) bool pixels whose flow is trusted (e.g. forward-backward consistent); None = every pixel
+    with a finite flow."""
+
+
+def _check_view(view: View, shape: tuple[int, int]) -> None:
+    _check_pose("c2w_j", view.c2w)
+    if view.flow.ndim != 3 or view.flow.shape[2] != 2 or view.flow.shape[:2] != shape:
+        raise ValueError(f"flow_ij must be (H,W,2) with one (H,W) for every view, got {view.flow.shape}")
+    if view.valid is not None and view.valid.shape != view.flow.shape[:2]:
+        raise ValueError(f"valid must be (H,W) = {view.flow.shape[:2]}, got {view.valid.shape}")
+
+
+def _refined_pose(
+    view: View, pix: np.ndarray, depth: np.ndarray, K: np.ndarray, c2w_i: np.ndarray, cfg: MotionConfig
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Relative pose ``(R, t)`` of the view after the robust re-fit, and whether it is a pure rotation.
+    Without depth the re-fit may correct the direction of the translation but not its length or sign
+    (the epipolar residuals see neither; the length fixes the scale shared by the views); a pure rotation
+    keeps ``t = 0``."""
+    R, t0 = relative_pose(c2w_i, view.c2w)
+    length = float(np.linalg.norm(t0))
+    rotation_only = length < cfg.pure_rotation_baseline
+    if not cfg.refine_pose:
+        return R, t0, rotation_only
+    s = cfg.sample_stride
+    p, q, d = pix[::s, ::s], (pix + view.flow)[::s, ::s], depth[::s, ::s]
+    ok = np.isfinite(q).all(axis=-1)
+    if view.valid is not None:
+        ok &= view.valid[::s, ::s]
+    with_depth, without = ok & (d > 0), ok & ~(d > 0)
+
+    def residuals(R_: np.ndarray, t_: np.ndarray) -> np.ndarray:
+        parts = [(_project_static(p[with_depth], d[with_depth], K, R_, t_) - q[with_depth]).ravel()]
+        if rotation_only:
+            parts.append((_project_rotation(p[without], K, R_) - q[without]).ravel())
+        else:
+            parts.append(_sampson(p[without], q[without], K, R_, t_))
+        return np.nan_to_num(np.concatenate(parts), nan=1e3)
+
+    R, t = _refine(residuals, R, t0, cfg.refine_iterations)
+    if rotation_only:
+        return R, np.zeros(3), True
+    if not with_depth.any():  # the epipolar residuals see neither the length nor the sign of t
+        t = t * (length / max(float(np.linalg.norm(t)), 1e-300)) * (1.0 if t @ t0 >= 0 else -1.0)
+    return R, t, False
+
+
+def motion_score(
+    views: list[View], K: np.ndarray, c2w_i: np.ndarray, depth_i: np.ndarray | None, cfg: MotionConfig
+) -> np.ndarray:
+    """(H,W) float64 residual of each pixel of frame i over its threshold (> 1 = moving), the worst over
+    the views that trust the pixel; NaN where no view does.
+
+    Where ``depth_i`` (H,W, the poses' unit, 0 = invalid) is known, the residual is the reprojection
+    error of the back-projected pixel in each view (threshold ``threshold_px`` plus
+    ``relative_threshold`` of the static flow). Elsewhere one inverse depth per pixel is fitted to all
+    its trusted views at once (linear least squares on the normalised image coordinates, kept >= 0)
+    and the residual is the worst reprojection error with that depth (threshold ``threshold_px`` plus
+    ``triangulation_relative_threshold`` of the static flow): with one view this is the distance to the
+    epipolar line; with two or more, a point moving along its epipolar lines, which no single view can
+    tell from a static one, fails to meet in one 3D point. Pure rotations give every pixel the rotation
+    homography."""
+    _check_K(K)
+    _check_pose("c2w_i", c2w_i)
+    if not views:
+        raise ValueError("motion_score needs at least one view")
+    shape = views[0].flow.shape[:2]
+    for view in views:
+        _check_view(view, shape)
+    if depth_i is not None and depth_i.shape != shape:
+        raise ValueError(f"depth_i must be (H,W) = {shape} like the flow, got {depth_i.shape}")
+    height, width = shape
+    pix = _pixels(height, width)
+    depth = np.zeros(shape) if depth_i is None else np.nan_to_num(depth_i.astype(np.float64), nan=0.0)
+    has_depth = depth > 0
+    K_inv = np.linalg.inv(K)
+    ray = np.stack(_rows(K_inv, pix[..., 0], pix[..., 1]), axis=-1)
+
+    fitted = []
+    normal = np.zeros(shape)
+    rhs = np.zeros(shape)
+    for view in views:
+        R, t, _ = _refined_pose(view, pix, depth, K, c2w_i, cfg)
+        target = pix + view.flow.astype(np.float64)
+        trusted = np.isfinite(target).all(axis=-1)
+        if view.valid is not None:
+            trusted &= view.valid
+        xn, yn, _ = _rows(K_inv, target[..., 0], target[..., 1])
+        rotated = ray @ R.T
+        # Camera-j point (per unit depth of frame i) = rotated + t * rho must project to (xn, yn).
+        for coord, c in ((xn, 0), (yn, 1)):
+            a = np.where(trusted, coord * t[2] - t[c], 0.0)
+            b = np.where(trusted, rotated[..., c] - coord * rotated[..., 2], 0.0)
+            normal += a * a
+            rhs += a * np.nan_to_num(b)
+        fitted.append((t, target, trusted, rotated))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.clip(np.nan_to_num(rhs / normal, nan=0.0, posinf=0.0, neginf=0.0), 0.0, None)
+    with np.errstate(divide="ignore"):
+        rho = np.where(has_depth, 1.0 / np.where(has_depth, depth, 1.0), rho)
+    relative = np.where(has_depth, cfg.relative_threshold, cfg.triangulation_relative_threshold)
+
+    score = np.full(shape, np.nan)
+    for t, target, trusted, rotated in fitted:
+        point = rotated + t * rho[..., None]
+        front = point[..., 2] > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            proj = np.stack([point[..., 0] / point[..., 2], point[..., 1] / point[..., 2]], axis=-1)
+        proj = proj * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
+        residual = np.linalg.norm(target - proj, axis=-1)
+        threshold = cfg.threshold_px + relative * np.linalg.norm(proj - pix, axis=-1)
+        with np.errstate(invalid="ignore"):
+            ratio = np.where(front, residual / threshold, np.inf)
+        score = np.where(trusted, np.fmax(score, ratio), score)
+    return score
+
+
+def motion_mask_views(
+    views: list[View], K: np.ndarray, c2w_i: np.ndarray, depth_i: np.ndarray | None, cfg: MotionConfig
+) -> np.ndarray:
+    """Dynamic pixels (H,W) bool of frame i from its flows to one or more other frames (see
+    ``motion_score``), cleaned by opening, closing and the minimum area; untrusted pixels are static."""
+    with np.errstate(invalid="ignore"):
+        return _clean(motion_score(views, K, c2w_i, depth_i, cfg) > 1.0, cfg)
 
 
 def motion_mask(
@@ -222,53 +399,108 @@ def motion_mask(
 ) -> np.ndarray:
     """Dynamic pixels (H,W) bool of frame i from the observed flow ``flow_ij`` (H,W,2, pixels, frame i to
     frame j; NaN = unknown), intrinsics ``K`` (3x3), camera-to-world poses of both frames, and optionally
-    the z-depth of frame i (H,W, same unit as the pose translations, 0 = invalid). See the module docstring
-    for the residuals; pixels with non-finite flow are never dynamic."""
-    _check_K(K)
-    _check_pose("c2w_i", c2w_i)
+    the z-depth of frame i (H,W, same unit as the pose translations, 0 = invalid): the one-view case of
+    ``motion_mask_views``. Pixels with non-finite flow are never dynamic."""
     _check_pose("c2w_j", c2w_j)
     if flow_ij.ndim != 3 or flow_ij.shape[2] != 2:
         raise ValueError(f"flow_ij must be (H,W,2), got shape {flow_ij.shape}")
-    height, width = flow_ij.shape[:2]
-    if depth_i is not None and depth_i.shape != (height, width):
-        raise ValueError(f"depth_i must be (H,W) = {(height, width)} like the flow, got {depth_i.shape}")
+    return motion_mask_views([View(c2w_j, flow_ij)], K, c2w_i, depth_i, cfg)
 
-    pix = _pixels(height, width)
-    flow = flow_ij.astype(np.float64)
-    target = pix + flow
-    depth = (
-        np.zeros((height, width)) if depth_i is None else np.nan_to_num(depth_i.astype(np.float64), nan=0.0)
-    )
-    has_depth = depth > 0
+
+def _median_static_flow(depth: np.ndarray, K: np.ndarray, c2w_i: np.ndarray, c2w_j: np.ndarray) -> float:
+    """Median magnitude (pixels) of the static flow i -> j over a sparse grid of frame i (pixels without
+    depth are taken at infinity, where only the rotation moves them); NaN when nothing projects."""
+    step = max(1, min(depth.shape) // 32)
+    d = np.nan_to_num(np.asarray(depth[::step, ::step], np.float64), nan=0.0)
+    pix = _pixels(*depth.shape)[::step, ::step]
     R, t = relative_pose(c2w_i, c2w_j)
-    rotation_only = float(np.linalg.norm(t)) < cfg.pure_rotation_baseline
+    target = np.where(
+        (d > 0)[..., None],
+        _project_static(pix, np.where(d > 0, d, 1.0), K, R, t),
+        _project_rotation(pix, K, R),
+    )
+    flow = np.linalg.norm(target - pix, axis=-1)
+    flow = flow[np.isfinite(flow)]
+    return float(np.median(flow)) if flow.size else float("nan")
 
-    def sampled_residuals(R_: np.ndarray, t_: np.ndarray) -> np.ndarray:
-        s = cfg.sample_stride
-        p, q, d = pix[::s, ::s], target[::s, ::s], depth[::s, ::s]
-        ok = np.isfinite(q).all(axis=-1)
-        with_depth = ok & (d > 0)
-        parts = [(_project_static(p[with_depth], d[with_depth], K, R_, t_) - q[with_depth]).ravel()]
-        without = ok & ~(d > 0)
-        if rotation_only:
-            parts.append((_project_rotation(p[without], K, R_) - q[without]).ravel())
-        else:
-            parts.append(_sampson(p[without], q[without], K, R_, t_))
-        return np.nan_to_num(np.concatenate(parts), nan=1e3)
 
-    if cfg.refine_pose:
-        R, t = _refine(sampled_residuals, R, t, cfg.refine_iterations)
+def partner_gap(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, cfg: MotionConfig) -> int:
+    """Frames between each frame and its motion partners: the smallest gap (1..``max_gap``, at most F-1)
+    whose median static flow over up to 8 evenly spread frames reaches ``target_flow_fraction`` of the
+    long side; the largest allowed gap when none does (slow or static cameras). ``depth`` (F,H,W) may be
+    memory-mapped; ``c2w`` is (F,4,4)."""
+    num = len(c2w)
+    longest = min(cfg.max_gap, max(num - 1, 1))
+    want = cfg.target_flow_fraction * max(depth.shape[1:])
+    for gap in range(1, longest + 1):
+        starts = np.unique(np.linspace(0, num - 1 - gap, min(8, num - gap)).round().astype(int))
+        flows = np.array([_median_static_flow(np.asarray(depth[i]), K, c2w[i], c2w[i + gap]) for i in starts])
+        if np.isfinite(flows).any() and np.nanmedian(flows) >= want:
+            return gap
+    return longest
 
-    static_target = np.full_like(pix, np.nan)
-    static_target[has_depth] = _project_static(pix[has_depth], depth[has_depth], K, R, t)
-    if rotation_only:
-        static_target[~has_depth] = _project_rotation(pix[~has_depth], K, R)
-    residual = np.linalg.norm(target - static_target, axis=-1)
-    threshold = cfg.threshold_px + cfg.relative_threshold * np.linalg.norm(static_target - pix, axis=-1)
-    if not rotation_only:
-        epipolar = ~has_depth
-        residual[epipolar] = np.abs(_sampson(pix[epipolar], target[epipolar], K, R, t))
-        threshold[epipolar] = cfg.threshold_px
-    with np.errstate(invalid="ignore"):
-        raw = residual > threshold
-    return _clean(raw & np.isfinite(residual), cfg)
+
+@dataclass(frozen=True)
+class MotionFrame:
+    """The motion segmentation of one frame."""
+
+    mask: np.ndarray
+    """(H,W) bool dynamic pixels."""
+    step_flow: np.ndarray | None
+    """(H,W,2) float32 estimate of the flow to the next frame, pixels (the flow to a partner divided by the
+    frame gap); None for a single-frame video."""
+
+
+def _partners(i: int, gap: int, num: int) -> list[int]:
+    """One partner each side, ``gap`` frames away or the clip's first/last frame when nearer; the first
+    and last frames take a second partner twice as far on their only side."""
+    if num < 2:
+        return []
+    if i == 0:
+        return [min(gap, num - 1)] + ([2 * gap] if 2 * gap < num else [])
+    if i == num - 1:
+        return [max(i - gap, 0)] + ([i - 2 * gap] if i - 2 * gap >= 0 else [])
+    return [max(i - gap, 0), min(i + gap, num - 1)]
+
+
+def segment_motion(
+    frames: np.ndarray, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, cfg: MotionConfig
+) -> Iterator[MotionFrame]:
+    """Dynamic masks of every frame, in order: each frame against its partners ``partner_gap`` frames
+    before and after (``motion_mask_views``), judging the textured pixels (``min_texture``) whose DIS
+    flow passes the forward-backward check.
+
+    ``frames`` (F,H,W,3) uint8 and ``depth`` (F,H,W) (0 = invalid) may be memory-mapped: the flows of a
+    frame pair are computed once, both ways, and held only until both frames are done (about two per
+    gap frame in memory)."""
+    num = len(frames)
+    if depth.shape != frames.shape[:3] or c2w.shape != (num, 4, 4):
+        raise ValueError(
+            f"frames (F,H,W,3), depth (F,H,W) and c2w (F,4,4) must agree, got {frames.shape}, "
+            f"{depth.shape}, {c2w.shape}"
+        )
+    gap = partner_gap(depth, K, c2w, cfg) if num > 1 else 1
+    pairs: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def pair(i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+        if (i, j) not in pairs:
+            fwd = dis_flow(np.asarray(frames[i]), np.asarray(frames[j]), cfg.flow_preset)
+            bwd = dis_flow(np.asarray(frames[j]), np.asarray(frames[i]), cfg.flow_preset)
+            pairs[(i, j)] = fwd, forward_backward_mask(fwd, bwd, cfg.fb_max_error_px)
+            pairs[(j, i)] = bwd, forward_backward_mask(bwd, fwd, cfg.fb_max_error_px)
+        return pairs[(i, j)]
+
+    for i in range(num):
+        for key in [k for k in pairs if max(k) < i]:
+            del pairs[key]
+        partners = _partners(i, gap, num)
+        if not partners:
+            yield MotionFrame(np.zeros(frames.shape[1:3], dtype=bool), None)
+            continue
+        gray = to_gray(np.asarray(frames[i])).astype(np.float32)
+        textured = cv2.cornerMinEigenVal(gray, 7, 3) >= cfg.min_texture
+        views = [View(c2w[j], pair(i, j)[0], pair(i, j)[1] & textured) for j in partners]
+        mask = motion_mask_views(views, K, c2w[i], np.asarray(depth[i], dtype=np.float32), cfg)
+        nearest = min(range(len(partners)), key=lambda k: (partners[k] < i, abs(partners[k] - i)))
+        step = (views[nearest].flow / (partners[nearest] - i)).astype(np.float32)
+        yield MotionFrame(mask, step)

@@ -21,7 +21,7 @@ from dv4d.ba.lie import skew, so3_exp
 from dv4d.ba.lm import LMConfig, solve_lm
 from dv4d.ba.losses import RobustLoss
 from dv4d.ba.problem import ResidualTerm
-from dv4d.ba.tensor_ops import small_matmul, small_matvec
+from dv4d.ba.tensor_ops import cpu_threads, small_matmul, small_matvec
 
 POSE_DIM = 6
 
@@ -177,7 +177,12 @@ def bundle_adjust(
     )
     problem = PointProblem(obs, principal, free_cams, free_points, refine_focal, huber_px)
     if len(obs.cam) and (problem.num_camera_parameters or problem.num_points) and iterations > 0:
-        state = solve_lm(problem, state, LMConfig(max_iterations=iterations, function_tolerance=1e-7)).state
+        with cpu_threads(
+            1
+        ):  # tiny per-solve work: threads only add synchronisation (and spin on a busy machine)
+            state = solve_lm(
+                problem, state, LMConfig(max_iterations=iterations, function_tolerance=1e-7)
+            ).state
     xc, proj = problem.project(state)
     return PointSolution(
         state.R.numpy(),

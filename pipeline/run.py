@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from dv4d.models.errors import ModelsError
 from dv4d.pipeline import stages
-from dv4d.pipeline.artifacts import SCHEMA, VideoArtifacts, read_json, write_json
+from dv4d.pipeline.artifacts import SCHEMA, VideoArtifacts, read_json, storage_message, write_json
 from dv4d.pipeline.config import AnnotateConfig
 from dv4d.pipeline.errors import Dv4dError
 from dv4d.pipeline.ingest import VideoInfo, file_sha256, probe
@@ -66,6 +66,18 @@ def is_done(art: VideoArtifacts, sha256: str) -> bool:
         and manifest.get("config_hash") == art.config_hash
         and manifest.get("video", {}).get("sha256") == sha256
     )
+
+
+def finished(art: VideoArtifacts, sha256: str) -> bool:
+    """``is_done``, for the check before scheduling a video: when it is done and no other process works
+    on it, also removes what a run killed after publishing left behind (work folder, trash)."""
+    if not is_done(art, sha256):
+        return False
+    with art.lock(blocking=False) as free:
+        if free:
+            art.sweep()
+            art.discard_work()
+    return True
 
 
 class StageRunner:
@@ -135,45 +147,70 @@ def annotate_video(
     progress: ProgressSink | None = None,
     stamp: str | None = None,
 ) -> VideoResult:
-    """Annotate one video into ``art.final_dir``. Never raises for a problem with the video itself:
-    the failure is recorded in a ``failed`` manifest and returned."""
-    sink = progress or NullProgress()
+    """Annotate one video into ``art.final_dir``. Never raises for a problem with the video itself or
+    with the output storage: the failure is recorded in a ``failed`` manifest (when it can be written)
+    and returned."""
     stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
-    with video_logger(art, stamp) as log:
-        runner = StageRunner(art, sink, log)
-        base: dict[str, Any] = {"video": {"path": str(video.absolute())}}
-        try:
-            runner.current = "probe"
-            info = probe(video)
-            sha256 = file_sha256(video)
-            base["video"] = video_record(info, sha256)
-            if not overwrite and is_done(art, sha256):
-                log.info("already complete with config %s: skipped", art.config_hash[:12])
-                manifest = art.read_final_manifest() or {}
-                return VideoResult(
-                    video, art.name, "skipped", int(manifest["frames"]["count"]), time.perf_counter() - t0
-                )
-            if overwrite:
-                stages.clear_work(art)
-            frames = stages.run_all(runner, info, art, cfg, log)
-            manifest = stages.complete_manifest(base, runner, art, cfg)
-            write_json(art.staged(art.MANIFEST), manifest)
-            art.publish()
-            log.info("complete: %d frames in %.1f s", frames, time.perf_counter() - t0)
-            return VideoResult(video, art.name, "complete", frames, time.perf_counter() - t0)
-        except (Dv4dError, ModelsError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+    try:
+        with video_logger(art, stamp) as log, art.lock(lambda: log.info("waiting for another process")):
+            return _annotate_locked(video, art, cfg, overwrite, progress or NullProgress(), log, t0)
+    except OSError as exc:  # the log or the lock could not be created: the output folder is unusable
+        return VideoResult(video, art.name, "failed", 0, time.perf_counter() - t0, storage_message(exc))
+
+
+def _annotate_locked(
+    video: Path,
+    art: VideoArtifacts,
+    cfg: AnnotateConfig,
+    overwrite: bool,
+    sink: ProgressSink,
+    log: logging.Logger,
+    t0: float,
+) -> VideoResult:
+    """The body of ``annotate_video``, run while holding the video's lock."""
+    runner = StageRunner(art, sink, log)
+    base: dict[str, Any] = {"video": {"path": str(video.absolute())}}
+    try:
+        art.sweep()
+        runner.current = "probe"
+        info = probe(video)
+        sha256 = file_sha256(video)
+        base["video"] = video_record(info, sha256)
+        if not overwrite and is_done(art, sha256):
+            log.info("already complete with config %s: skipped", art.config_hash[:12])
+            art.discard_work()
+            manifest = art.read_final_manifest() or {}
+            return VideoResult(
+                video, art.name, "skipped", int(manifest["frames"]["count"]), time.perf_counter() - t0
+            )
+        if overwrite:
+            art.discard_work()
+        frames = stages.run_all(runner, info, art, cfg, log)
+        manifest = stages.complete_manifest(base, runner, art, cfg)
+        write_json(art.staged(art.MANIFEST), manifest)
+        art.publish()
+        log.info("complete: %d frames in %.1f s", frames, time.perf_counter() - t0)
+        return VideoResult(video, art.name, "complete", frames, time.perf_counter() - t0)
+    except (Dv4dError, ModelsError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+        if isinstance(exc, OSError):
+            message = storage_message(exc)
+        else:
             message = " ".join(str(exc).split()) or type(exc).__name__
-            log.error("failed in stage %s: %s\n%s", runner.current, message, traceback.format_exc())
-            failed = {
-                "schema": SCHEMA,
-                "status": "failed",
-                **base,
-                "config": cfg.to_json(),
-                "config_hash": art.config_hash,
-                "components": runner.components,
-                "error": {"stage": runner.current, "type": type(exc).__name__, "message": message},
-                "dv4d_version": DV4D_VERSION,
-            }
-            art.write_failed(failed)
-            return VideoResult(video, art.name, "failed", 0, time.perf_counter() - t0, message)
+        log.error("failed in stage %s: %s\n%s", runner.current, message, traceback.format_exc())
+        failed = {
+            "schema": SCHEMA,
+            "status": "failed",
+            **base,
+            "config": cfg.to_json(),
+            "config_hash": art.config_hash,
+            "components": runner.components,
+            "error": {"stage": runner.current, "type": type(exc).__name__, "message": message},
+            "dv4d_version": DV4D_VERSION,
+        }
+        try:
+            if not art.write_failed(failed):
+                log.info("the earlier complete result in %s is kept", art.final_dir)
+        except OSError as write_exc:
+            log.error("the failed manifest could not be written: %s", storage_message(write_exc))
+        return VideoResult(video, art.name, "failed", 0, time.perf_counter() - t0, message)

@@ -1,8 +1,8 @@
 """Stages that use the foundation models of a preset (``dv4d.models.suite.ModelSuite``): metric depth,
-named dynamic-object proposals, object and scene captions. Pure functions; the suite does the batching."""
+object captions, the camera-caption rephrasing (object tracking is in ``dv4d.pipeline.tracking``). Pure
+functions; the suite does the batching."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,66 +41,31 @@ def predict_depth(
     return focal, metric
 
 
-@dataclass(frozen=True)
-class Proposals:
-    """Named object masks per frame from the detector + segmenter.
-
-    ``names``: the moving-object names the VLM gave for the video.
-    ``labels``: per frame, ``labels[f][k-1]`` is the name of proposal value ``k`` in that frame's map.
-    """
-
-    names: list[str]
-    labels: list[list[str]]
-
-
-def propose_objects(
-    suite: ModelSuite,
-    frames: np.ndarray,
-    keyframes: np.ndarray,
-    out: np.ndarray,
-    chunk: int,
-    advance: Callable[[int], None],
-) -> Proposals:
-    """The VLM names the moving objects on keyframes; the detector boxes them and SAM segments them in
-    every frame. Writes per-frame proposal maps (values 1..N, 0 = none) into ``out`` (F,H,W) uint16."""
-    key_images = [np.array(frames[i]) for i in np.flatnonzero(keyframes)]
-    names = suite.dynamic_objects(key_images).names
-    labels: list[list[str]] = []
-    for start in range(0, len(frames), chunk):
-        batch = np.array(frames[start : start + chunk])  # writable copy for the model processors
-        detections = suite.detect(batch, names) if names else None
-        for k, frame in enumerate(batch):
-            proposal = np.zeros(frame.shape[:2], np.uint16)
-            frame_labels: list[str] = []
-            found = detections.frames[k] if detections is not None else None
-            if found is not None and len(found.boxes):
-                masks = suite.segment(frame, found.boxes).masks
-                order = np.argsort(-found.scores)  # higher-scoring boxes win overlapping pixels
-                for rank in order[::-1]:
-                    frame_labels.append(found.labels[rank])
-                    proposal[masks[rank]] = len(frame_labels)
-            out[start + k] = proposal
-            labels.append(frame_labels)
-        advance(len(batch))
-    return Proposals(names, labels)
-
-
 def object_captions(
     suite: ModelSuite, frames: np.ndarray, instances: np.ndarray, ids: list[int]
 ) -> dict[int, str]:
-    """One caption per instance, from the frame where it covers the most pixels (crop + mask)."""
-    captions: dict[int, str] = {}
-    for instance in ids:
-        areas = [(int((np.asarray(instances[f]) == instance).sum()), f) for f in range(len(instances))]
-        area, best = max(areas)
+    """One caption per instance of ``ids`` that has pixels, from the frame where it covers the most pixels
+    (crop of its box + mask). ``instances`` (F,H,W) integer ids are read once, frame by frame; the VLM
+    captions the objects in batches."""
+    if not ids:
+        return {}
+    wanted = np.array(ids, dtype=np.int64)
+    best_area = np.zeros(len(wanted), np.int64)
+    best_frame = np.zeros(len(wanted), np.int64)
+    for f in range(len(instances)):
+        counts = np.bincount(np.asarray(instances[f]).ravel(), minlength=int(wanted.max()) + 1)[wanted]
+        better = counts > best_area
+        best_area[better], best_frame[better] = counts[better], f
+    objects: list[tuple[np.ndarray, np.ndarray]] = []
+    for instance, area, best in zip(ids, best_area, best_frame, strict=True):
         if area == 0:
             continue
-        mask = np.asarray(instances[best]) == instance
+        mask = np.asarray(instances[int(best)]) == instance
         ys, xs = np.nonzero(mask)
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        crop = np.asarray(frames[best])[y0:y1, x0:x1]
-        captions[instance] = suite.caption_object(crop, mask[y0:y1, x0:x1])
-    return captions
+        objects.append((np.asarray(frames[int(best)])[y0:y1, x0:x1], mask[y0:y1, x0:x1]))
+    present = [i for i, area in zip(ids, best_area, strict=True) if area > 0]
+    return dict(zip(present, suite.caption_objects(objects), strict=True))
 
 
 def rephrased_camera(suite: ModelSuite, camera: CameraCaption) -> CameraCaption:

@@ -4,33 +4,41 @@ outputs there; ``run.StageRunner`` records which are done so a killed run resume
 import dataclasses
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dv4d.models.suite import ModelSuite, shared_suite
-from dv4d.pipeline.artifacts import SCHEMA, VideoArtifacts, read_json, write_json
+from dv4d.models.suite import MAX_VLM_FRAMES, ModelSuite, shared_suite
+from dv4d.pipeline.artifacts import SCHEMA, VideoArtifacts, atomic_path, read_json, write_json
 from dv4d.pipeline.captions import camera_caption, captions_json
 from dv4d.pipeline.config import AnnotateConfig
 from dv4d.pipeline.depth import densify_depth
-from dv4d.pipeline.export import VideoWriter, load_array, open_array, write_cameras, write_points
+from dv4d.pipeline.export import (
+    VideoWriter,
+    as_rows,
+    load_array,
+    open_array,
+    save_npy,
+    save_npz,
+    write_cameras,
+    write_points,
+)
 from dv4d.pipeline.flow import dis_flow
 from dv4d.pipeline.geometry import GeometryResult, estimate_geometry
 from dv4d.pipeline.ingest import SamplePlan, VideoInfo, iter_frames, plan_sampling, working_size
 from dv4d.pipeline.instances import InstanceTracker
 from dv4d.pipeline.keyframes import select_keyframes
-from dv4d.pipeline.motion import motion_mask
+from dv4d.pipeline.motion import segment_motion
 from dv4d.pipeline.priors import load_depth_prior, load_masks_prior, prior_file
 from dv4d.pipeline.semantic import (
     object_captions,
     predict_depth,
-    propose_objects,
     rephrased_camera,
     resolve_device,
 )
+from dv4d.pipeline.tracking import track_objects
 from dv4d.pipeline.version import DV4D_VERSION
 
 if TYPE_CHECKING:
@@ -52,11 +60,6 @@ INSTANCE_RECORDS = "instance_records.json"
 CLASSICAL_CPU = {"weights": "classical", "device": "cpu"}
 
 
-def clear_work(art: VideoArtifacts) -> None:
-    """Forget every finished stage of this video and config (``--overwrite``)."""
-    shutil.rmtree(art.work_dir, ignore_errors=True)
-
-
 def intrinsics_prior(cfg: AnnotateConfig, info: VideoInfo, size: tuple[int, int]) -> np.ndarray | None:
     """``--intrinsics`` (source-video pixels, displayed orientation) as K at the working resolution."""
     if cfg.intrinsics is None:
@@ -76,25 +79,26 @@ def ingest(
     cfg: AnnotateConfig,
     advance: Callable[[int], None],
 ) -> dict[str, Any]:
-    """Decode the sampled frames once: into a memory-mapped array for the stages and into ``rgb.mp4``."""
+    """Decode the sampled frames once, chunk by chunk: into ``frames.npy`` (read back by rows by the
+    stages) and into ``rgb.mp4`` (encoded under a temporary name, renamed when complete)."""
     width, height = size
     num = len(plan.frame_index)
     frames = open_array(art.work(FRAMES), (num, height, width, 3), np.uint8)
     fps = num / max(float(plan.timestamps[-1] - plan.timestamps[0]), 1e-6) if num > 1 else info.fps
     written = 0
-    with VideoWriter(art.work(art.RGB), width, height, fps) as writer:
+    with atomic_path(art.work(art.RGB)) as rgb, VideoWriter(rgb, width, height, fps) as writer:
         for chunk in iter_frames(info, plan, size, cfg.chunk_frames):
             frames[written : written + len(chunk)] = chunk
             writer.write(chunk)
             written += len(chunk)
             advance(len(chunk))
     frames.flush()
-    np.savez(art.work(PLAN), frame_index=plan.frame_index, timestamps=plan.timestamps)
+    save_npz(art.work(PLAN), frame_index=plan.frame_index, timestamps=plan.timestamps)
     return {"model": "ffmpeg", **CLASSICAL_CPU, "frames": written}
 
 
 def save_geometry(art: VideoArtifacts, geo: GeometryResult) -> None:
-    np.savez(
+    save_npz(
         art.work(GEOMETRY),
         c2w=geo.c2w,
         K=geo.K,
@@ -183,12 +187,12 @@ def run_all(
     shape = (num, size[1], size[0])
     log.info("video %s: %dx%d, %d frames -> %d sampled at %dx%d", info.path, info.width, info.height,
              info.num_frames, num, size[0], size[1])  # fmt: skip
-    suite = shared_suite(cfg.preset, resolve_device(cfg.device), cfg.weights_dir)
+    suite = shared_suite(cfg.preset, resolve_device(cfg.device), cfg.weights_dir, cfg.random_init_missing)
     runner.run("ingest", num, lambda: ingest(art, info, plan, size, cfg, runner.progress.advance))
-    frames = load_array(art.work(FRAMES))
+    frames = as_rows(load_array(art.work(FRAMES)))
 
     def keyframes() -> dict[str, Any]:
-        np.save(art.work(KEYFRAMES), select_keyframes(frames, cfg.keyframes))
+        save_npy(art.work(KEYFRAMES), select_keyframes(frames, cfg.keyframes))
         return {"model": "flow-parallax", **CLASSICAL_CPU}
 
     runner.run("keyframes", None, keyframes)
@@ -219,7 +223,9 @@ def run_all(
 
         def depth_model() -> dict[str, Any]:
             out = open_array(art.work(DEPTH_PRIOR), shape, np.float16)
-            focal, metric = predict_depth(suite, frames, out, cfg.chunk_frames, runner.progress.advance)
+            focal, metric = predict_depth(
+                suite, frames, as_rows(out), cfg.chunk_frames, runner.progress.advance
+            )
             out.flush()
             write_json(art.work(DEPTH_PRIOR_JSON), {"focal_px": focal, "metric": metric})
             return model_record(suite, "depth")
@@ -236,7 +242,7 @@ def run_all(
             f = float(model_info["focal_px"])
             K_prior = np.array([[f, 0, (size[0] - 1) / 2], [0, f, (size[1] - 1) / 2], [0, 0, 1]])
         geo = estimate_geometry(frames, is_keyframe, K_prior, cfg.geometry, tick)
-        scale = metric_scale(frames, geo, load_array(art.work(DEPTH_PRIOR))) if model_info else None
+        scale = metric_scale(frames, geo, as_rows(load_array(art.work(DEPTH_PRIOR)))) if model_info else None
         if model_info and scale is None:
             geo.flags.append("scale_unobserved")
         save_geometry(art, scaled(geo, scale or 1.0))
@@ -275,44 +281,48 @@ def run_all(
     elif suite.has("detector"):
 
         def objects() -> dict[str, Any]:
-            out = open_array(art.work(PROPOSALS), shape, np.uint16)
-            found = propose_objects(
-                suite, frames, geo.is_keyframe, out, cfg.chunk_frames, runner.progress.advance
-            )
-            out.flush()
-            write_json(art.work(PROPOSALS_JSON), {"names": found.names, "labels": found.labels})
+            ids = open_array(art.work(art.INSTANCES), shape, np.uint16)
+            depth_all = as_rows(load_array(art.work(art.DEPTH)))
+            found_motion = segment_motion(frames, depth_all, geo.K, geo.c2w, cfg.motion)
+            motion = ((m.mask, m.step_flow) for m in found_motion)
+            names, found = track_objects(suite, frames, geo.is_keyframe, motion, as_rows(ids), cfg.tracking,
+                                         advance=runner.progress.advance)  # fmt: skip
+            ids.flush()
+            write_json(art.work(PROPOSALS_JSON), {"names": names})
+            write_json(art.work(INSTANCE_RECORDS), [r.to_json() for r in found])
             return model_record(suite, "vlm", "detector", "segmenter")
 
         runner.run("objects", num, objects)
 
     def instances() -> dict[str, Any]:
-        depth_all = load_array(art.work(art.DEPTH))
+        depth_all = as_rows(load_array(art.work(art.DEPTH)))
         proposals = load_array(art.work(PROPOSALS)) if has_objects else None
         labels = read_json(art.work(PROPOSALS_JSON))["labels"] if proposals is not None else None
         ids = open_array(art.work(art.INSTANCES), shape, np.uint16)
         tracker = InstanceTracker(cfg.tracker)
         prev_flow: np.ndarray | None = None
-        for i in range(num):
-            j = i + 1 if i + 1 < num else i - 1
-            flow_fwd = dis_flow(frames[i], frames[j]) if num > 1 else None
-            if proposals is not None and labels is not None:
+        if proposals is not None and labels is not None:
+            for i in range(num):
                 names = {k + 1: name for k, name in enumerate(labels[i])}
                 ids[i] = tracker.update(i, np.asarray(proposals[i]), prev_flow, labels=names)
-            else:
-                mask = np.zeros(shape[1:], dtype=bool)
-                if flow_fwd is not None:
-                    depth_i = np.asarray(depth_all[i], dtype=np.float32)
-                    mask = motion_mask(flow_fwd, geo.K, geo.c2w[i], geo.c2w[j], depth_i, cfg.motion)
-                ids[i] = tracker.update(i, mask, prev_flow)
-            prev_flow = flow_fwd
-            runner.progress.advance(1)
+                prev_flow = dis_flow(frames[i], frames[i + 1]) if i + 1 < num else None
+                runner.progress.advance(1)
+        else:
+            for i, found in enumerate(segment_motion(frames, depth_all, geo.K, geo.c2w, cfg.motion)):
+                ids[i] = tracker.update(i, found.mask, prev_flow)
+                prev_flow = found.step_flow
+                runner.progress.advance(1)
+        lookup = tracker.finish()
+        for i in range(num):
+            ids[i] = lookup[ids[i]]
         ids.flush()
         write_json(art.work(INSTANCE_RECORDS), [r.to_json() for r in tracker.records()])
         if proposals is not None:
             return {"model": "proposal-tracking", **CLASSICAL_CPU}
         return {"model": "flow-residual-motion", **CLASSICAL_CPU}
 
-    runner.run("instances", num, instances)
+    if masks_file is not None or not suite.has("detector"):  # the model path tracked its instances above
+        runner.run("instances", num, instances)
 
     def captions() -> dict[str, Any]:
         timestamps = np.load(art.work(PLAN))["timestamps"]
@@ -323,9 +333,12 @@ def run_all(
             write_json(art.work(art.INSTANCES_JSON), records)
             write_json(art.work(art.CAPTIONS), captions_json(None, camera, {}))
             return {"model": "trajectory", **CLASSICAL_CPU}
-        keys = [np.array(frames[i]) for i in np.flatnonzero(geo.is_keyframe)]
+        keyframes = np.flatnonzero(geo.is_keyframe)
+        if len(keyframes) > MAX_VLM_FRAMES:  # the scene caption uses this many, spread over the video
+            keyframes = keyframes[np.linspace(0, len(keyframes) - 1, MAX_VLM_FRAMES).round().astype(int)]
+        keys = [frames[i] for i in keyframes]
         objects = object_captions(
-            suite, frames, load_array(art.work(art.INSTANCES)), [r["id"] for r in records]
+            suite, frames, as_rows(load_array(art.work(art.INSTANCES))), [r["id"] for r in records]
         )
         for r in records:
             r["caption"] = objects.get(r["id"])

@@ -112,3 +112,31 @@ def test_write_points_round_trip_and_empty(tmp_path: Path) -> None:
     np.testing.assert_allclose(np.asarray(cloud.colors)[0], [1, 0, 0])
     write_points(tmp_path / "empty.ply", np.zeros((0, 3)), np.zeros((0, 3), np.uint8))
     assert len(o3d.io.read_point_cloud(str(tmp_path / "empty.ply")).points) == 0
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def test_worker_memory_grows_with_the_clip_not_the_video(tmp_path: Path) -> None:
+    """Reading every clip of a video whose depth + instances hold 64 MiB adds only a few MiB of RSS
+    (a memory map would keep every page it read resident)."""
+    a, frames, side = VideoArtifacts, 256, 256
+    d = tmp_path / "long"
+    depth = open_array(d / a.DEPTH, (frames, side, side), np.float16)
+    inst = open_array(d / a.INSTANCES, (frames, side, side), np.uint16)
+    for i in range(frames):
+        depth[i] = float(i)
+        inst[i] = i % 7
+    write_cameras(d / a.CAMERAS, np.tile(np.eye(4), (frames, 1, 1)), np.eye(3), np.arange(frames),
+                  np.arange(frames) / 10.0, np.ones(frames, bool))  # fmt: skip
+    write_json(d / a.INSTANCES_JSON, [])
+    write_json(d / a.CAPTIONS, {"scene": None, "camera": {"text": "static", "source": "trajectory"}})
+    write_json(d / a.MANIFEST, {"schema": SCHEMA, "status": "complete", "frames": {"count": frames}})
+    ds = Dv4dDataset(tmp_path, clip_len=8, fields=("depth", "instances", "dynamic", "c2w"))
+    ds[0]
+    before = rss_bytes()
+    for i in range(len(ds)):
+        assert float(ds[i]["depth"][0, 0, 0, 0]) == 8.0 * i
+    assert rss_bytes() - before < 12 * 2**20

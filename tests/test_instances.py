@@ -153,3 +153,52 @@ def test_coasting_track_shifted_out_of_frame_vanishes() -> None:
         assert not _shift(mask, dx, dy).any()
     moved = _shift(mask, 3, -2)
     assert moved[3:8, 8:13].all() and moved.sum() == mask.sum()
+
+
+def test_fragments_of_one_object_become_one_instance() -> None:
+    """An object first seen as two pieces (two tracks), then whole: the whole blob continues one track
+    (the pieces never matched alone long enough to be split like crossing objects), and ``finish``
+    drops the piece seen in too few frames and renumbers."""
+    cfg = TrackerConfig(min_frames=3, group_fraction=0.0)
+    masks = []
+    for f in range(8):
+        whole = disc(60 + 3 * f, 40, r=14)
+        if f < 2:
+            whole &= np.abs(XS - (60 + 3 * f)) > 4  # two halves 9 px apart
+        masks.append(whole)
+    tracker = InstanceTracker(cfg)
+    ids = run(tracker, masks)
+    assert len(tracker.records()) == 2 and set(np.unique(ids[0])) == {0, 1, 2}
+    assert all(len(set(np.unique(ids[f])) - {0}) == 1 for f in range(2, 8))
+    lookup = tracker.finish()
+    final = lookup[ids]
+    assert lookup.dtype == np.uint16 and lookup[0] == 0
+    records = tracker.records()
+    assert len(records) == 1 and (records[0].first_frame, records[0].last_frame) == (0, 7)
+    assert (final[2:][np.stack(masks[2:])] == 1).all()
+    check_records(final, records)
+
+
+def test_finish_drops_flicker_and_keeps_short_videos() -> None:
+    masks = [disc(40 + 2 * f, 40) for f in range(6)]
+    masks[3] = masks[3] | disc(150, 40)  # a one-frame false detection
+    tracker = InstanceTracker(TrackerConfig(min_frames=2))
+    raw = run(tracker, masks)
+    ids = tracker.finish()[raw]
+    assert [(r.id, r.first_frame, r.last_frame) for r in tracker.records()] == [(1, 0, 5)]
+    assert ids[3][40, 150] == 0
+    check_records(ids, tracker.records())
+    short = InstanceTracker(TrackerConfig(min_frames=3))
+    raw = run(short, masks[:2])
+    ids = short.finish()[raw]  # two frames: nothing can be seen three times
+    assert len(short.records()) == 1 and ids[1][40, 42] == 1
+
+
+def test_nearby_pieces_are_grouped() -> None:
+    pieces = disc(50, 40) & (np.abs(XS - 50) > 1)  # two halves 3 px apart
+    grouped = InstanceTracker(TrackerConfig(group_fraction=0.03)).update(0, pieces)  # 6 px
+    assert set(np.unique(grouped)) == {0, 1}
+    apart = InstanceTracker(TrackerConfig(group_fraction=0.0)).update(0, pieces)
+    assert set(np.unique(apart)) == {0, 1, 2}
+    with pytest.raises(ValueError, match="min_frames"):
+        TrackerConfig(min_frames=0)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from dv4d.models import registry
 from dv4d.models.depth import DepthAnythingMetricAdapter, DepthProAdapter
 from dv4d.models.detect import Owlv2Adapter
 from dv4d.models.segment import SamAdapter
@@ -87,3 +88,28 @@ def test_sam_tiny_one_mask_per_box() -> None:
     assert out.scores.shape == (2,)
     empty = adapter.predict(frame, np.zeros((0, 4)))
     assert empty.masks.shape == (0, 40, 56)
+
+
+@pytest.mark.parametrize(
+    ("name", "millions"),
+    [("depth-pro", 952.0), ("depth-anything-v2-metric", 24.8), ("owlv2", 155.0), ("qwen2.5-vl", 3754.6),
+     ("sam", 93.7)],
+)  # fmt: skip
+def test_full_size_random_architectures_match_the_checkpoints(name: str, millions: float) -> None:
+    """Parameter counts of the published checkpoints (built on the meta device: no memory, no time)."""
+    adapter = registry.create(name, None, full_size=True)
+    assert adapter.weights_id == "random-init-full-size"
+    adapter.load("meta", torch.bfloat16)
+    model = adapter.predictor.model if name == "sam" else adapter.model
+    count = sum(p.numel() for p in model.parameters()) / 1e6
+    assert count == pytest.approx(millions, rel=0.005)
+    assert registry.create(name, None).weights_id == "random-init"
+
+
+def test_owlv2_input_is_padded_square_and_area_shrunk() -> None:
+    adapter = Owlv2Adapter(None)
+    adapter.load("cpu", torch.float32)
+    image = np.full((32, 128, 3), 200, np.uint8)
+    (square,) = adapter._squares(image[None])
+    assert square.shape == (64, 64, 3)  # the tiny network's input side
+    assert (square[:16] == 200).all() and (square[17:] == 0).all()  # black padding below, as OWLv2 pads

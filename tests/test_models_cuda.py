@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from dv4d.models.bench import BenchConfig, bench_models
 from dv4d.models.depth import DepthAnythingMetricAdapter
 from dv4d.models.suite import ModelSuite
 
@@ -32,3 +33,18 @@ def test_depth_anything_bf16_on_cuda() -> None:
     adapter.load("cuda", torch.bfloat16)
     out = adapter.predict(np.zeros((2, 28, 42, 3), np.uint8))
     assert out.depth.shape == (2, 28, 42) and out.depth.dtype == np.float32
+
+
+def test_bench_models_on_cuda_reports_bf16_and_gpu_memory() -> None:
+    report = bench_models(BenchConfig("smoke", "cuda", frames=3, resolution=128, objects=2))
+    assert report["dtype"] == "bfloat16" and report["threads"] is None
+    assert [s["stage"] for s in report["stages"]] == [
+        "depth",
+        "detect",
+        "segment",
+        "vlm_names",
+        "vlm_captions",
+    ]
+    for stage in report["stages"]:
+        assert stage["weights"] == "random-init" and stage["seconds"] > 0
+        assert 0 < stage["peak_memory_mb"] < torch.cuda.get_device_properties(0).total_memory / 2**20

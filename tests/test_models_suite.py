@@ -43,7 +43,9 @@ def test_smoke_suite_end_to_end() -> None:
     boxes = np.array([[4, 4, 30, 30]], np.float32)
     masks = suite.segment(video[0], boxes)
     assert masks.masks.shape == (1, 36, 48)
-    assert suite.caption_object(video[0][4:30, 4:30], masks.masks[0][4:30, 4:30]).strip()
+    crop, mask = video[0][4:30, 4:30], masks.masks[0][4:30, 4:30]
+    captions = suite.caption_objects([(crop, mask), (video[1][4:30, 4:30], mask), (crop, ~mask)])
+    assert len(captions) == 3 and all(text.strip() for text in captions)
     assert suite.caption_scene(list(video)).strip()
     assert suite.rephrase_camera("pan left 35°").text
     components = suite.components()

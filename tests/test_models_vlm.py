@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from dv4d.models.errors import VlmOutputError
-from dv4d.models.generator import Decoding
+from dv4d.models.generator import Decoding, Request
 from dv4d.models.names_grammar import DONE, START, NamesGrammar, parse_dynamic_names
 from dv4d.models.vlm import QwenVlAdapter
-from dv4d.models.vlm_tasks import contradiction, dynamic_object_names, rephrase_camera
+from dv4d.models.vlm_tasks import contradiction, dynamic_object_names, object_captions, rephrase_camera
 
 
 class FakeGenerator:
@@ -17,10 +17,15 @@ class FakeGenerator:
     def __init__(self, answers: list[str]) -> None:
         self.answers = answers
         self.calls: list[tuple[int, int, str]] = []
+        self.batches: list[int] = []
 
     def generate(self, images: list[np.ndarray], prompt: str, decoding: Decoding) -> str:
         self.calls.append((decoding.attempt, len(images), prompt))
         return self.answers[len(self.calls) - 1]
+
+    def generate_batch(self, requests: list[Request], decoding: Decoding) -> list[str]:
+        self.batches.append(len(requests))
+        return [self.generate(images, prompt, decoding) for images, prompt in requests]
 
 
 GRAMMAR = NamesGrammar(max_names=3, max_name_chars=12)
@@ -131,3 +136,33 @@ def test_tiny_qwen_constrained_answer_parses() -> None:
     assert 1 <= len(parse_dynamic_names(answer, grammar)) <= 2
     free = vlm.generate([], "Say something.", Decoding(max_new_tokens=8, attempt=1))
     assert isinstance(free, str)
+
+
+def test_object_captions_batch_and_retry_only_the_failures() -> None:
+    crop, mask = np.full((4, 5, 3), 100, np.uint8), np.eye(4, 5, dtype=bool)
+    fake = FakeGenerator(["A red car.", "   ", "!!", "A dog.", "?", "A person  walking."])
+    texts = object_captions(fake, [(crop, mask)] * 3)
+    assert texts == ["A red car.", "A dog.", "A person walking."]
+    assert fake.batches == [3, 2, 1]  # all three, then the two bad answers, then the last bad one
+    assert [attempt for attempt, _, _ in fake.calls] == [0, 0, 0, 1, 1, 2]
+    assert all(images == 1 for _, images, _ in fake.calls)
+    with pytest.raises(VlmOutputError, match="object 1: attempt 1: empty answer"):
+        object_captions(FakeGenerator(["ok", "", "", ""]), [(crop, mask)] * 2)
+    assert object_captions(FakeGenerator([]), []) == []
+
+
+def test_tiny_qwen_batch_answers_like_one_by_one() -> None:
+    """Left padding: each answer of a batch is the one the request gets alone (greedy decoding)."""
+    vlm = QwenVlAdapter(None)
+    vlm.load("cpu", torch.float32)
+    rng = np.random.default_rng(1)
+    small, wide = rng.integers(0, 256, (28, 28, 3), np.uint8), rng.integers(0, 256, (40, 90, 3), np.uint8)
+    requests: list[Request] = [
+        ([small], "What is it?"),
+        ([wide, small], "Two images, a much longer question."),
+        ([], "No image."),
+    ]
+    decoding = Decoding(max_new_tokens=12, attempt=0)
+    batched = vlm.generate_batch(requests, decoding)
+    assert batched == [vlm.generate(images, prompt, decoding) for images, prompt in requests]
+    assert vlm.generate_batch([], decoding) == []
