@@ -16,9 +16,10 @@ from dv4d.pipeline.keyframes import KeyframeConfig
 from dv4d.pipeline.motion import MotionConfig
 from dv4d.pipeline.tracking import TrackingConfig
 
-PRESETS = ("classical", "smoke", "default")
+PRESETS = ("classical", "smoke", "default", "fast")
 """Model presets, see DESIGN.md: ``classical`` (no learned weights), ``smoke`` (tiny random models of the
-real architectures, for tests), ``default`` (real pretrained models)."""
+real architectures, for tests), ``default`` (real pretrained models), ``fast`` (``default`` with Depth
+Anything V2 metric small instead of Depth Pro)."""
 
 
 @dataclass(frozen=True)
