@@ -72,7 +72,8 @@ class CudaGraphIterations(Generic[StateT]):
             raise CudaGraphCaptureError(
                 "capturing the Levenberg-Marquardt iteration in a CUDA graph failed (the problem's evaluate "
                 "or retract probably waits for the device or changes tensor sizes between calls); solve with "
-                f"LMConfig(cuda_graphs=False) instead. Cause: {exc}"
+                "LMConfig(cuda_graphs=False) instead, in a new process (torch's CUDA random generator stays "
+                f"in capture mode after a failed capture). Cause: {exc}"
             ) from exc
         self.relinearise()
 

@@ -1,14 +1,15 @@
 """CPU/CUDA agreement of the solver, CUDA graphs against eager launches (skipped without CUDA)."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from dv4d.ba.bal_problem import BalProblem, BalState
-from dv4d.ba.cuda_graph import CudaGraphCaptureError
 from dv4d.ba.dense import DenseConfig, DenseState, FlowCorrespondences, solve_window
 from dv4d.ba.lm import LMConfig, LMResult, solve_lm
 from dv4d.ba.losses import RobustLoss
-from dv4d.ba.problem import ResidualTerm
 from dv4d.ba.synthetic import make_synthetic_bal, make_synthetic_dense_scene, perturb_dense_state
 
 pytestmark = [
@@ -88,8 +89,19 @@ def test_cuda_graphs_with_rejected_steps_and_robust_loss() -> None:
     cpu = solve_lm(cpu_problem, cpu_problem.initial_state(), eager_cfg)
     assert graphed.cuda_graphs
     assert any(not it.accepted for it in graphed.iterations[1:])
-    _assert_same_iterations(graphed, eager, 1e-9)
-    _assert_same_iterations(graphed, cpu, 1e-8)
+    _assert_same_optimum(graphed, eager)
+    _assert_same_optimum(graphed, cpu)
+
+
+def _assert_same_optimum(a: LMResult[BalState], b: LMResult[BalState]) -> None:
+    """Both solves reject steps on the way and end at the same optimum (to the solver's function
+    tolerance). With a huge trust region the first candidates solve a nearly singular system (the gauge
+    is free), whose step depends on summation order (CUDA's index_add_ is nondeterministic), so the
+    iterations themselves are compared only in the well-conditioned test above."""
+    for r in (a, b):
+        assert r.termination in ("function_tolerance", "gradient_tolerance", "parameter_tolerance")
+        assert any(not it.accepted for it in r.iterations[1:])
+    assert a.final_cost == pytest.approx(b.final_cost, rel=LMConfig().function_tolerance)
 
 
 def test_cuda_graphs_hold_the_gauge() -> None:
@@ -133,23 +145,41 @@ def test_dense_window_cpu_cuda_agree() -> None:
     assert torch.allclose(gpu.state.inv_depth.cpu(), cpu.state.inv_depth, atol=1e-9)
 
 
-class _SyncingProblem(BalProblem):
-    """Reads a value back to the host in evaluate: fine eagerly, impossible to capture."""
+CAPTURE_FAILURE = """
+import pytest, torch
+from dv4d.ba.bal_problem import BalProblem
+from dv4d.ba.cuda_graph import CudaGraphCaptureError
+from dv4d.ba.lm import LMConfig, solve_lm
+from dv4d.ba.synthetic import make_synthetic_bal
 
-    def evaluate(self, state: BalState, jacobians: bool) -> list[ResidualTerm]:
+
+class SyncingProblem(BalProblem):
+    # reads a value back to the host in evaluate: fine eagerly, impossible to capture
+    def evaluate(self, state, jacobians):
         terms = super().evaluate(state, jacobians)
-        if not float(terms[0].residuals.abs().max()) >= 0:
-            raise AssertionError("nan residual")
+        assert float(terms[0].residuals.abs().max()) >= 0
         return terms
 
 
+problem = SyncingProblem(make_synthetic_bal(4, 60, 3, seed=3).start.to("cuda", torch.float64))
+eager = solve_lm(problem, problem.initial_state(), LMConfig(cuda_graphs=False))
+assert eager.final_cost < eager.initial_cost
+try:
+    solve_lm(problem, problem.initial_state())
+    raise SystemExit("capture did not fail")
+except CudaGraphCaptureError as exc:
+    print(exc)
+torch.cuda.synchronize()
+again = solve_lm(problem, problem.initial_state(), LMConfig(cuda_graphs=False))
+assert again.final_cost == pytest.approx(eager.final_cost, rel=1e-12)
+"""
+
+
 def test_capture_failure_names_the_option() -> None:
-    """Last in the file: a failed capture is recoverable, but keep it away from the other tests."""
-    problem = _SyncingProblem(make_synthetic_bal(4, 60, 3, seed=3).start.to("cuda", torch.float64))
-    eager = solve_lm(problem, problem.initial_state(), LMConfig(cuda_graphs=False))
-    assert eager.final_cost < eager.initial_cost
-    with pytest.raises(CudaGraphCaptureError, match="cuda_graphs=False"):
-        solve_lm(problem, problem.initial_state())
-    torch.cuda.synchronize()
-    again = solve_lm(problem, problem.initial_state(), LMConfig(cuda_graphs=False))
-    assert again.final_cost == pytest.approx(eager.final_cost, rel=1e-12)
+    """In a fresh process: after a failed capture torch's CUDA random generator stays in capture mode
+    for the rest of the process (sampling then raises), so it must not share the test process."""
+    proc = subprocess.run(
+        [sys.executable, "-c", CAPTURE_FAILURE], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cuda_graphs=False" in proc.stdout
