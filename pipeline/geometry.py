@@ -42,9 +42,10 @@ class GeometryConfig:
     """RANSAC inlier threshold (pixels) for the essential matrix and PnP."""
     max_reproj_px: float = 2.5
     """Observations reprojecting worse than this after a bundle adjustment are dropped as outliers."""
-    final_ba_max_frames: int = 300
+    final_ba_max_frames: int = 120
     """End with a bundle adjustment over every posed frame (not only the keyframes) when the clip has
-    at most this many frames (its dense reduced system grows with the square of the frame count)."""
+    at most this many frames: its Schur complement holds a block per pair of frames sharing a track, so
+    its memory grows with the square of the track length (5.4 GB at 300 frames of a sideways pan)."""
     final_ba_iterations: int = 5
     """Levenberg-Marquardt iterations of that final adjustment over every frame (it starts from the
     global keyframe adjustment and the motion-only poses)."""
