@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from dv4d.models.base import Detections, DynamicObjectNames, Masks
-from dv4d.pipeline.instances import InstanceTracker, TrackerConfig
+from dv4d.pipeline.instances import InstanceRecord, InstanceTracker, TrackerConfig
 
 GEOMETRY_LABEL = "moving object"
 """Label of instances found only by the geometric motion mask (no name from the VLM)."""
@@ -117,17 +117,10 @@ class TrackedInstance:
         return self.source == "geometry" or self.moving_fraction >= self.dynamic_fraction
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "label": self.label,
-            "dynamic": self.dynamic,
-            "first_frame": self.first_frame,
-            "last_frame": self.last_frame,
-            "num_pixels": self.num_pixels,
-            "caption": self.caption,
-            "source": self.source,
-            "moving_fraction": round(self.moving_fraction, 4),
-        }
+        """The ``InstanceRecord`` fields, then ``source`` and ``moving_fraction``."""
+        record = InstanceRecord(self.id, self.label, self.dynamic, self.first_frame, self.last_frame,
+                                self.num_pixels, self.caption)  # fmt: skip
+        return {**record.to_json(), "source": self.source, "moving_fraction": round(self.moving_fraction, 4)}
 
 
 @dataclass
