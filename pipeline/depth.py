@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dv4d.pipeline.flow import dis_flow, forward_backward_mask, to_gray
+from dv4d.pipeline.flow import dis_flows, forward_backward_mask, to_gray
 from dv4d.pipeline.geometry import GeometryResult
 
 
@@ -59,12 +59,12 @@ def _neighbours(geometry: GeometryResult, index: int, cfg: DepthConfig) -> list[
 
 
 def _triangulate_flow(
-    gray_i: np.ndarray, gray_j: np.ndarray, geometry: GeometryResult, i: int, j: int, cfg: DepthConfig
+    fwd: np.ndarray, bwd: np.ndarray, geometry: GeometryResult, i: int, j: int, cfg: DepthConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(z-depth (H, W) of frame i, triangulation angle (H, W) in degrees; both 0 where invalid)."""
-    h, w = gray_i.shape
-    fwd = dis_flow(gray_i, gray_j)
-    ok = forward_backward_mask(fwd, dis_flow(gray_j, gray_i), cfg.fb_max_error_px)
+    """(z-depth (H, W) of frame i, triangulation angle (H, W) in degrees; both 0 where invalid) from the
+    flows frame i -> j (`fwd`) and j -> i (`bwd`)."""
+    h, w = fwd.shape[:2]
+    ok = forward_backward_mask(fwd, bwd, cfg.fb_max_error_px)
     K = geometry.K
     rel = np.linalg.inv(geometry.c2w[j]) @ geometry.c2w[i]
     R, t = rel[:3, :3], rel[:3, 3]
@@ -115,9 +115,12 @@ def densify_depth(
     if not 0 <= index < len(frames):
         raise IndexError(f"frame index {index} out of range for {len(frames)} frames")
     gray = to_gray(np.asarray(frames[index]))
+    partners = _neighbours(geometry, index, cfg)
+    grays = [to_gray(np.asarray(frames[j])) for j in partners]
+    flows = dis_flows([p for g in grays for p in ((gray, g), (g, gray))])
     estimates = [
-        _triangulate_flow(gray, to_gray(np.asarray(frames[j])), geometry, index, j, cfg)
-        for j in _neighbours(geometry, index, cfg)
+        _triangulate_flow(flows[2 * k], flows[2 * k + 1], geometry, index, j, cfg)
+        for k, j in enumerate(partners)
     ]
     if not estimates:
         return np.zeros(gray.shape, np.float32)

@@ -1,17 +1,25 @@
 """Dense optical flow (OpenCV DIS) and its forward-backward consistency check."""
 
+import functools
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
 import cv2
 import numpy as np
 
 DIS_PRESETS = {
-    "ultrafast": (cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, None),
-    "fast": (cv2.DISOPTICAL_FLOW_PRESET_FAST, None),
-    "medium": (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, None),
-    "fine": (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, 0),
+    "ultrafast": (cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, None, None),
+    "fast": (cv2.DISOPTICAL_FLOW_PRESET_FAST, None, None),
+    "medium": (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, None, None),
+    "fine": (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, 0, 6),
+    "dense": (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, 0, None),
 }
-"""OpenCV DIS presets, and the finest pyramid level to override (None keeps the preset's). "fine" is
-"medium" computed down to full resolution: on the synthetic scenes about 3x slower, but without the
-~5% underestimate of small flows that "medium" (finest level 1) shows, which biases camera rotations."""
+"""OpenCV DIS presets, the finest pyramid level and the patch stride to override (None keeps the
+preset's). "fine" is "medium" computed down to full resolution, without the ~5% underestimate of small
+flows that "medium" (finest level 1) shows, which biases camera rotations; its patch stride of 6
+instead of 3 halves the cost (about 2x "medium") and moves the flow by a median 0.03 px. "dense" keeps
+medium's stride of 3 (twice "fine"'s cost): sharper flow edges at moving-object boundaries."""
 
 
 def to_gray(img: np.ndarray) -> np.ndarray:
@@ -36,11 +44,29 @@ def dis_flow(img0: np.ndarray, img1: np.ndarray, preset: str = "fine") -> np.nda
         raise ValueError(f"images differ in size: {g0.shape} vs {g1.shape}")
     if preset not in DIS_PRESETS:
         raise ValueError(f"preset must be one of {sorted(DIS_PRESETS)}, got {preset!r}")
-    code, finest = DIS_PRESETS[preset]
+    code, finest, stride = DIS_PRESETS[preset]
     dis = cv2.DISOpticalFlow.create(code)
     if finest is not None:
         dis.setFinestScale(finest)
+    if stride is not None:
+        dis.setPatchStride(stride)
     return dis.calc(g0, g1, None).astype(np.float32)
+
+
+@functools.cache
+def _flow_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="dv4d-flow")
+
+
+def dis_flows(pairs: Sequence[tuple[np.ndarray, np.ndarray]], preset: str = "fine") -> list[np.ndarray]:
+    """``[dis_flow(a, b, preset) for a, b in pairs]``, computed concurrently.
+
+    One DIS call keeps about one core busy (OpenCV parallelises little of it), so independent flows
+    run side by side on a shared pool of up to 4 threads: on 2 cores 1.8-2.4x the throughput of
+    calling ``dis_flow`` in a loop."""
+    if len(pairs) <= 1:
+        return [dis_flow(a, b, preset) for a, b in pairs]
+    return list(_flow_pool().map(lambda ab: dis_flow(ab[0], ab[1], preset), pairs))
 
 
 def sample_flow(flow: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:

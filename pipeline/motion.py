@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from dv4d.pipeline.flow import DIS_PRESETS, dis_flow, forward_backward_mask, to_gray
+from dv4d.pipeline.flow import DIS_PRESETS, dis_flows, forward_backward_mask, to_gray
 
 Residuals = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """Residual vector of the sampled correspondences for a relative pose ``(R, t)`` (camera i -> camera j)."""
@@ -76,7 +76,7 @@ class MotionConfig:
     gradient structure tensor (``cv2.cornerMinEigenVal`` over 7x7 blocks of the 0-255 gray image). Flow
     in untextured regions is interpolated from their surroundings and would drag static walls or tables
     along with a moving neighbour (0 = judge every pixel)."""
-    flow_preset: str = "fine"
+    flow_preset: str = "dense"
     """DIS preset of the flows to the partners (see ``dv4d.pipeline.flow.DIS_PRESETS``)."""
 
     def __post_init__(self) -> None:
@@ -482,13 +482,15 @@ def segment_motion(
     gap = partner_gap(depth, K, c2w, cfg) if num > 1 else 1
     pairs: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
-    def pair(i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
-        if (i, j) not in pairs:
-            fwd = dis_flow(np.asarray(frames[i]), np.asarray(frames[j]), cfg.flow_preset)
-            bwd = dis_flow(np.asarray(frames[j]), np.asarray(frames[i]), cfg.flow_preset)
+    def compute(i: int, partners: list[int]) -> None:
+        new = [j for j in partners if (i, j) not in pairs]
+        image = np.asarray(frames[i])
+        others = [np.asarray(frames[j]) for j in new]
+        flows = dis_flows([p for other in others for p in ((image, other), (other, image))], cfg.flow_preset)
+        for k, j in enumerate(new):
+            fwd, bwd = flows[2 * k], flows[2 * k + 1]
             pairs[(i, j)] = fwd, forward_backward_mask(fwd, bwd, cfg.fb_max_error_px)
             pairs[(j, i)] = bwd, forward_backward_mask(bwd, fwd, cfg.fb_max_error_px)
-        return pairs[(i, j)]
 
     for i in range(num):
         for key in [k for k in pairs if max(k) < i]:
@@ -499,7 +501,8 @@ def segment_motion(
             continue
         gray = to_gray(np.asarray(frames[i])).astype(np.float32)
         textured = cv2.cornerMinEigenVal(gray, 7, 3) >= cfg.min_texture
-        views = [View(c2w[j], pair(i, j)[0], pair(i, j)[1] & textured) for j in partners]
+        compute(i, partners)
+        views = [View(c2w[j], pairs[(i, j)][0], pairs[(i, j)][1] & textured) for j in partners]
         mask = motion_mask_views(views, K, c2w[i], np.asarray(depth[i], dtype=np.float32), cfg)
         nearest = min(range(len(partners)), key=lambda k: (partners[k] < i, abs(partners[k] - i)))
         step = (views[nearest].flow / (partners[nearest] - i)).astype(np.float32)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from dv4d.pipeline.flow import dis_flow, sample_flow, to_gray
+from dv4d.pipeline.flow import dis_flows, sample_flow, to_gray
 
 PULL_BACK_STEPS = 6
 """Fixed-point iterations inverting a flow field (converges while the flow's gradient stays below 1)."""
@@ -95,21 +95,20 @@ def _follow(
 
     Kept: inside the image and, with `check`, passing the forward-backward check."""
     h, w = gray.shape
-    fwd = dis_flow(anchor_gray, gray)
+    fwd, *bwd_flows = dis_flows([(anchor_gray, gray)] + ([(gray, anchor_gray)] if check else []))
     moved = xy + sample_flow(fwd, xy[:, 0], xy[:, 1])
     keep = (moved[:, 0] >= 0) & (moved[:, 0] <= w - 1) & (moved[:, 1] >= 0) & (moved[:, 1] <= h - 1)
-    if check:
-        bwd = dis_flow(gray, anchor_gray)
+    for bwd in bwd_flows:
         back = moved + sample_flow(bwd, moved[:, 0], moved[:, 1])
         keep &= np.linalg.norm(back - xy, axis=1) <= cfg.fb_max_error_px
     return keep, moved, float(np.median(np.linalg.norm(fwd, axis=-1)))
 
 
-def _pull_back(gray: np.ndarray, later_gray: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(inside (n,) bool, positions (n, 2) in `gray`) of the positions `xy` in a later frame, by inverting
-    the flow gray -> later_gray (the same time direction as the forward tracking) with fixed-point steps."""
-    h, w = gray.shape
-    flow = dis_flow(gray, later_gray)
+def _pull_back(flow: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(inside (n,) bool, positions (n, 2) in a frame) of the positions `xy` in a later frame, by inverting
+    the (H, W, 2) flow frame -> later frame (the same time direction as the forward tracking) with
+    fixed-point steps."""
+    h, w = flow.shape[:2]
     pos = xy.copy()
     for _ in range(PULL_BACK_STEPS):
         pos = xy - sample_flow(flow, np.clip(pos[:, 0], 0, w - 1), np.clip(pos[:, 1], 0, h - 1))
@@ -174,8 +173,10 @@ def track_frames(
             colors.append(frame[new_xy[:, 1].astype(int), new_xy[:, 0].astype(int)])
             ids, xy = np.concatenate([ids, new_ids]), np.concatenate([xy, new_xy])
             if cfg.both_ways:
-                for j in range(last_key + 1, i):
-                    back_keep, back_xy = _pull_back(to_gray(np.asarray(frames[j])), gray, xy)
+                between = range(last_key + 1, i)
+                flows = dis_flows([(to_gray(np.asarray(frames[j])), gray) for j in between])
+                for j, flow in zip(between, flows, strict=True):
+                    back_keep, back_xy = _pull_back(flow, xy)
                     back_keep &= np.isin(ids, obs_track[j])
                     obs_track[j], obs_xy[j] = _merge(
                         obs_track[j], obs_xy[j], ids[back_keep], back_xy[back_keep], cfg.fb_max_error_px
