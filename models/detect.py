@@ -113,7 +113,15 @@ class Owlv2Adapter(HfAdapter):
             return Detections([empty for _ in frames])
         height, width = frames.shape[1:3]
         queries = [list(names) for _ in frames]
-        inputs = self.processor(text=queries, images=self._squares(frames), return_tensors="pt", padding=True)
+        # The text tower has 16 positions: longer queries are cut (the VLM may name things verbosely).
+        inputs = self.processor(
+            text=queries,
+            images=self._squares(frames),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.model.config.text_config.max_position_embeddings,
+        )
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         outputs = self.model(**inputs)

@@ -79,6 +79,14 @@ def test_owlv2_tiny_boxes_inside_image() -> None:
     assert all(len(d.labels) == 0 for d in adapter.predict(frames(2, 48, 64), []).frames)
 
 
+def test_owlv2_cuts_queries_longer_than_its_text_positions() -> None:
+    adapter = Owlv2Adapter(None, threshold=0.0)
+    adapter.load("cpu", torch.float32)
+    verbose = "a brown and white dog running across the green lawn towards the camera"
+    out = adapter.predict(frames(1, 48, 64), [verbose, "cat"])
+    assert set(out.frames[0].labels) <= {verbose, "cat"}
+
+
 def test_sam_tiny_one_mask_per_box() -> None:
     adapter = SamAdapter(None)
     adapter.load("cpu", torch.float32)
