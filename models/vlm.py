@@ -192,6 +192,10 @@ class QwenVlAdapter(HfAdapter):
             options.update(temperature=0.7, top_p=0.9)
         if decoding.grammar is not None:
             options["prefix_allowed_tokens_fn"] = self._grammar_fn(decoding.grammar, prompt_len)
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        if vocab > len(self.processor.tokenizer):
+            # Rows past the tokenizer (padding of the embedding matrix) decode to nothing: never pick them.
+            options["suppress_tokens"] = list(range(len(self.processor.tokenizer), vocab))
         devices = [torch.device(self.device)] if self.device.startswith("cuda") else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(attempt)

@@ -166,3 +166,28 @@ def test_tiny_qwen_batch_answers_like_one_by_one() -> None:
     batched = vlm.generate_batch(requests, decoding)
     assert batched == [vlm.generate(images, prompt, decoding) for images, prompt in requests]
     assert vlm.generate_batch([], decoding) == []
+
+
+def test_qwen_never_generates_ids_past_its_tokenizer() -> None:
+    """A checkpoint's embedding matrix may have more rows than its tokenizer has tokens (Qwen pads to
+    151,936); those rows decode to nothing, so a sampled one would make an empty answer."""
+    vlm = QwenVlAdapter(None)
+    vlm.load("cpu", torch.float32)
+    known = len(vlm.processor.tokenizer)
+    vlm.model.resize_token_embeddings(known + 500)
+    with torch.no_grad():  # make the padding rows the likeliest tokens
+        vlm.model.get_output_embeddings().weight[known:] = 10 * vlm.model.get_output_embeddings().weight[
+            :known
+        ].mean(0)
+    outputs: list[torch.Tensor] = []
+    generate = vlm.model.generate
+
+    def recording(**kwargs: object) -> torch.Tensor:
+        out = generate(**kwargs)
+        outputs.append(out)
+        return out
+
+    vlm.model.generate = recording
+    for attempt in (0, 1):
+        vlm.generate([], "Describe the scene.", Decoding(max_new_tokens=12, attempt=attempt))
+    assert outputs and all(int(out.max()) < known for out in outputs)
