@@ -23,7 +23,7 @@ COLUMNS = (
     ("RPE °", "rpe_rot_deg", "{:.4f}"),
     ("focal %", "focal_err_pct", "{:.2f}"),
     ("fps", "fps", "{:.2f}"),
-    ("geom s", "geometry_seconds", "{:.1f}"),
+    ("camera fps", "camera_fps", "{:.2f}"),
     ("AbsRel", "depth_absrel", "{:.3f}"),
     ("δ<1.25", "depth_delta1", "{:.3f}"),
     ("mask IoU", "mask_iou", "{:.3f}"),
@@ -96,7 +96,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if not args.json:
             figures = ", ".join(
                 f"{m} {getattr(scene, m).frames_posed} posed, ATE {getattr(scene, m).ate_pct:.3f}%, "
-                f"focal {getattr(scene, m).focal_err_pct:.2f}%, {getattr(scene, m).fps:.2f} fps"
+                f"focal {getattr(scene, m).focal_err_pct:.2f}%, {getattr(scene, m).fps:.2f} fps "
+                f"({getattr(scene, m).camera_fps:.2f} camera)"
                 for m in METHODS
             )
             console.print(f"scene {scene.name}: {figures}", highlight=False)

@@ -8,7 +8,9 @@ files. Both methods see the same decoded frames:
   ``SIMPLE_PINHOLE`` camera with unknown focal, a fixed thread count. Timed from extraction to the end
   of mapping (writing the frames as images is not counted).
 - dv4d classical mode end to end (``annotate_video``: ingest, keyframes, geometry, depth, instances,
-  captions, export), timed as a whole; the geometry stage's own seconds come from the manifest.
+  captions, export), timed as a whole. Its camera recovery alone (the ingest, keyframes and geometry
+  stages: video to every frame's pose, the focal and the sparse points, what COLMAP's timer covers) is
+  timed by the stages themselves (the manifest's components); both speeds are compared with COLMAP's.
 
 Metrics (``dv4d.pipeline.metrics``) on the frames each method posed: ATE RMSE after Sim(3) alignment as
 a percentage of the ground-truth trajectory length, frame-to-frame RPE, focal error; for dv4d also depth
@@ -38,6 +40,8 @@ from dv4d.pipeline.run import annotate_video
 from dv4d.pipeline.synthetic import SceneConfig, render_scene, write_video
 
 METHODS = ("colmap", "dv4d")
+CAMERA_STAGES = ("ingest", "keyframes", "geometry")
+"""The dv4d stages that turn the video into poses, focal and sparse points."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,9 @@ class Estimate:
     """Estimated focal length, pixels (NaN when nothing was reconstructed)."""
     seconds: float
     """Timed wall seconds (see the module docstring for what each method's timer covers)."""
-    geometry_seconds: float | None = None
-    """dv4d only: seconds of the geometry stage (from the manifest's components)."""
+    camera_seconds: float | None = None
+    """dv4d only: seconds of its camera recovery (ingest + keyframes + geometry stages, from the
+    manifest's components); None: the whole run recovers cameras only (COLMAP)."""
     depth: np.ndarray | None = None
     """(F, H, W) float32 depth in the method's units (dv4d only)."""
     dynamic: np.ndarray | None = None
@@ -142,8 +147,9 @@ class MethodScore:
     """RMS translation error of consecutive posed-frame pairs after the Sim(3) scale, metres."""
     focal_err_pct: float
     """|f_est - f_true| / f_true, percent."""
-    geometry_seconds: float | None = None
-    """dv4d: seconds of its geometry stage alone."""
+    camera_fps: float
+    """frames / seconds of camera recovery (for COLMAP its whole run; for dv4d the ingest, keyframes
+    and geometry stages)."""
     depth_absrel: float | None = None
     """dv4d: depth AbsRel after median scaling, over pixels valid in both."""
     depth_delta1: float | None = None
@@ -303,7 +309,7 @@ def run_dv4d(video: Path, out: Path) -> Estimate:
         c2w=np.asarray(cameras["c2w"], np.float64),
         focal_px=float(cameras["K"][0, 0, 0]),
         seconds=seconds,
-        geometry_seconds=float(manifest["components"]["geometry"]["seconds"]),
+        camera_seconds=sum(float(manifest["components"][stage]["seconds"]) for stage in CAMERA_STAGES),
         depth=np.asarray(load_array(art.final(art.DEPTH)), np.float32),
         dynamic=np.isin(instances, dynamic_ids),
         instances=len(records),
@@ -316,6 +322,7 @@ def score(estimate: Estimate, truth: GroundTruth) -> MethodScore:
     posed = np.isfinite(estimate.c2w).all(axis=(1, 2))
     count = int(posed.sum())
     nan = float("nan")
+    camera_seconds = estimate.seconds if estimate.camera_seconds is None else estimate.camera_seconds
     ate = rot = trans = nan
     if count >= 3:
         gt = truth.c2w[posed]
@@ -331,11 +338,11 @@ def score(estimate: Estimate, truth: GroundTruth) -> MethodScore:
         frames_posed=count,
         seconds=estimate.seconds,
         fps=frames / estimate.seconds if estimate.seconds > 0 else nan,
+        camera_fps=frames / camera_seconds if camera_seconds > 0 else nan,
         ate_pct=ate,
         rpe_rot_deg=rot,
         rpe_trans_m=trans,
         focal_err_pct=100.0 * abs(estimate.focal_px - truth.focal_px) / truth.focal_px,
-        geometry_seconds=estimate.geometry_seconds,
         depth_absrel=depth_absrel,
         depth_delta1=depth_delta1,
         depth_coverage=depth_coverage,
@@ -389,8 +396,9 @@ def _finite(value: Any) -> Any:
 def summary(cfg: BenchConfig, results: list[SceneScore]) -> dict[str, Any]:
     """The JSON object of the benchmark: config, per-scene figures, means per method, ratios, targets.
 
-    Ratios: ``ate_dv4d_over_colmap`` (mean ATE %, lower is better for dv4d) and
-    ``fps_dv4d_over_colmap`` (mean frames/s). ``targets`` tests the issue's goals on the means."""
+    Ratios: ``ate_dv4d_over_colmap`` (mean ATE %, lower is better for dv4d), ``fps_dv4d_over_colmap``
+    (mean frames/s, dv4d end to end) and ``camera_fps_dv4d_over_colmap`` (mean frames/s of camera
+    recovery). ``targets`` tests the issue's goals on the means."""
     means = {
         method: {
             key: _mean([getattr(getattr(r, method), key) for r in results])
@@ -400,13 +408,15 @@ def summary(cfg: BenchConfig, results: list[SceneScore]) -> dict[str, Any]:
     }
     ate_ratio = _ratio(means["dv4d"]["ate_pct"], means["colmap"]["ate_pct"])
     fps_ratio = _ratio(means["dv4d"]["fps"], means["colmap"]["fps"])
+    camera_fps_ratio = _ratio(means["dv4d"]["camera_fps"], means["colmap"]["camera_fps"])
     dv4d = means["dv4d"]
     all_posed = all(r.dv4d.frames_posed == r.dv4d.frames for r in results)
     targets = {
         "ate_no_worse_than_colmap": ate_ratio is not None and ate_ratio <= 1.0,
         "all_frames_posed": all_posed,
         "focal_err_le_1pct": dv4d["focal_err_pct"] is not None and dv4d["focal_err_pct"] <= 1.0,
-        "fps_ge_2x_colmap": fps_ratio is not None and fps_ratio >= 2.0,
+        "camera_fps_ge_2x_colmap": camera_fps_ratio is not None and camera_fps_ratio >= 2.0,
+        "end_to_end_fps_ge_2x_colmap": fps_ratio is not None and fps_ratio >= 2.0,
         "depth_absrel_le_0.05": dv4d["depth_absrel"] is not None and dv4d["depth_absrel"] <= 0.05,
         "mask_iou_ge_0.6": dv4d["mask_iou"] is not None and dv4d["mask_iou"] >= 0.6,
     }
@@ -417,6 +427,10 @@ def summary(cfg: BenchConfig, results: list[SceneScore]) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "scenes": [{"name": r.name, "colmap": asdict(r.colmap), "dv4d": asdict(r.dv4d)} for r in results],
         "mean": means,
-        "ratios": {"ate_dv4d_over_colmap": ate_ratio, "fps_dv4d_over_colmap": fps_ratio},
+        "ratios": {
+            "ate_dv4d_over_colmap": ate_ratio,
+            "fps_dv4d_over_colmap": fps_ratio,
+            "camera_fps_dv4d_over_colmap": camera_fps_ratio,
+        },
         "targets": targets,
     })  # fmt: skip
