@@ -3,8 +3,8 @@ geometric motion mask.
 
 The VLM names the moving objects once per video (on keyframes). Then, frame by frame:
 
-1. each live track's mask is carried to the frame by the previous frame's step flow (forward splat,
-   holes closed);
+1. each live track's mask is carried to the frame by the similarity transform fit to the previous
+   frame's step flow inside it (``carry``);
 2. on detection frames (frame 0 and every ``detect_every`` frames) the detector boxes the names;
 3. SAM segments, in one call per frame (one image encoding), the detection boxes and the box of every
    carried mask (re-prompting); a track takes SAM's mask when it agrees with the carried one
@@ -26,6 +26,7 @@ instances only where no detector track is. At the end, instances with pixels in 
 (a second pass over ``out``); 0 = background.
 """
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -153,28 +154,49 @@ class _State:
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two (H,W) bool masks (0 when both are empty)."""
-    union = int(np.count_nonzero(a | b))
-    return int(np.count_nonzero(a & b)) / union if union else 0.0
+    a8, b8 = a.view(np.uint8), b.view(np.uint8)
+    inter = cv2.countNonZero(cv2.bitwise_and(a8, b8))
+    return inter / (cv2.countNonZero(a8) + cv2.countNonZero(b8) - inter) if inter else 0.0
 
 
 def box_of(mask: np.ndarray) -> np.ndarray:
     """(4,) float32 ``x0, y0, x1, y1`` pixel box around a non-empty (H,W) bool mask."""
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
+    x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+    if w == 0:
+        raise ValueError("box_of needs a mask with at least one pixel")
+    return np.array([x, y, x + w - 1, y + h - 1], np.float32)
 
 
-def carry(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
+FIT_POINTS = 1000
+"""Most interior pixels ``carry`` fits its transform to (a regular grid over the mask beyond that)."""
+
+
+def carry(mask: np.ndarray, flow: np.ndarray, max_points: int = FIT_POINTS) -> np.ndarray:
     """``mask`` (H,W) bool moved to the next frame by the similarity transform (rotation, scale,
     translation) that best fits, robustly (RANSAC), the ``flow`` (H,W,2 pixels) of its interior pixels;
     the flow's median shift when no transform fits. Boundary pixels are left out of the fit (their flow
     mixes object and background), so the shape holds over many frames; pixels carried out of the frame are
-    dropped."""
-    inner = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-    ys, xs = np.nonzero(inner if np.count_nonzero(inner) >= 8 else mask)
+    dropped. The fit takes every ``s``-th interior pixel along each axis, ``s`` the smallest step that leaves
+    at most ``max_points``; only the mask's bounding box (and its image) is read and written."""
+    height, width = mask.shape
+    x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+    moved = np.zeros_like(mask)
+    if w == 0:
+        return moved
+    # 2 px margin: the 5x5 erosion of the crop then equals the full frame's
+    x0, y0, x1, y1 = max(x - 2, 0), max(y - 2, 0), min(x + w + 2, width), min(y + h + 2, height)
+    crop = mask[y0:y1, x0:x1].view(np.uint8)
+    inner = cv2.erode(crop, np.ones((5, 5), np.uint8))
+    count = cv2.countNonZero(inner)
+    if count < 8:
+        inner, count = crop, cv2.countNonZero(crop)
+    step = max(1, math.ceil(math.sqrt(count / max_points)))
+    ys, xs = np.nonzero(inner[::step, ::step])
+    xs, ys = xs * step + x0, ys * step + y0
     f = flow[ys, xs]
     ok = np.isfinite(f).all(axis=1)
     if not ok.any():
-        return np.zeros_like(mask)
+        return moved
     src = np.stack([xs[ok], ys[ok]], axis=1).astype(np.float32)
     dst = src + f[ok].astype(np.float32)
     transform = None
@@ -183,32 +205,79 @@ def carry(mask: np.ndarray, flow: np.ndarray) -> np.ndarray:
     if transform is None:
         dx, dy = np.median(dst - src, axis=0)
         transform = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
-    height, width = mask.shape
-    moved = cv2.warpAffine(mask.astype(np.uint8), transform, (width, height), flags=cv2.INTER_NEAREST)
-    return moved.astype(bool)
+    # the box's image (its pixel edges, 1 px slack for nearest-neighbour rounding), clipped to the frame
+    (a, b, tx), (c, d, ty) = transform.tolist()
+    corners = [(u, v) for u in (x - 0.5, x + w - 0.5) for v in (y - 0.5, y + h - 0.5)]
+    image_x = [a * u + b * v + tx for u, v in corners]
+    image_y = [c * u + d * v + ty for u, v in corners]
+    lo_x, lo_y = max(math.floor(min(image_x)) - 1, 0), max(math.floor(min(image_y)) - 1, 0)
+    hi_x, hi_y = min(math.ceil(max(image_x)) + 2, width), min(math.ceil(max(image_y)) + 2, height)
+    if hi_x <= lo_x or hi_y <= lo_y:
+        return moved
+    local = np.array([[a, b, tx + a * x0 + b * y0 - lo_x], [c, d, ty + c * x0 + d * y0 - lo_y]])
+    warped = cv2.warpAffine(crop, local, (hi_x - lo_x, hi_y - lo_y), flags=cv2.INTER_NEAREST)
+    moved[lo_y:hi_y, lo_x:hi_x] = warped.view(bool)
+    return moved
+
+
+@dataclass(frozen=True)
+class _Extent:
+    """Pixel count and bounding box ``[x0, x1) x [y0, y1)`` of an (H,W) bool mask."""
+
+    area: int
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    @staticmethod
+    def of(mask: np.ndarray) -> "_Extent":
+        x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+        return _Extent(cv2.countNonZero(mask.view(np.uint8)), x, y, x + w, y + h)
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray, extent_a: _Extent, extent_b: _Extent, floor: float) -> float:
+    """``iou(a, b)``, or 0 when the masks' ``_Extent`` show it is under ``floor``; reads only the overlap
+    of the two boxes."""
+    x0, y0 = max(extent_a.x0, extent_b.x0), max(extent_a.y0, extent_b.y0)
+    x1, y1 = min(extent_a.x1, extent_b.x1), min(extent_a.y1, extent_b.y1)
+    most = min(extent_a.area, extent_b.area, max(x1 - x0, 0) * max(y1 - y0, 0))  # intersection bound
+    if not most or most < floor * (extent_a.area + extent_b.area - most):
+        return 0.0
+    both = cv2.bitwise_and(a[y0:y1, x0:x1].view(np.uint8), b[y0:y1, x0:x1].view(np.uint8))
+    inter = cv2.countNonZero(both)
+    return inter / (extent_a.area + extent_b.area - inter) if inter else 0.0
 
 
 def _merged_detections(masks: np.ndarray, scores: np.ndarray, labels: list[str], cfg: TrackingConfig
                        ) -> list[tuple[np.ndarray, str]]:  # fmt: skip
     """Detection masks, best score first, each overlapping ones of its label merged into it."""
-    kept: list[tuple[np.ndarray, str]] = []
+    kept: list[tuple[np.ndarray, str, _Extent]] = []
     for k in np.argsort(-scores, kind="stable"):
         mask, label = masks[k], labels[k]
-        if np.count_nonzero(mask) < cfg.min_area:
+        extent = _Extent.of(mask)
+        if extent.area < cfg.min_area:
             continue
-        for n, (other, other_label) in enumerate(kept):
-            if other_label == label and iou(mask, other) >= cfg.merge_iou:
-                kept[n] = (other | mask, label)
+        for n, (other, other_label, other_extent) in enumerate(kept):
+            if (
+                other_label == label
+                and _box_iou(mask, other, extent, other_extent, cfg.merge_iou) >= cfg.merge_iou
+            ):
+                merged = other | mask
+                kept[n] = (merged, label, _Extent.of(merged))
                 break
         else:
-            kept.append((mask, label))
-    return kept
+            kept.append((mask, label, extent))
+    return [(mask, label) for mask, label, _ in kept]
 
 
 def _match(state: _State, detections: list[tuple[np.ndarray, str]]) -> list[tuple[np.ndarray, str]]:
     """Re-anchor tracks on the detections they match; returns the unmatched detections."""
+    found = [_Extent.of(mask) for mask, _ in detections]
+    known = [track.memory if track.lost else track.mask for track in state.tracks]
+    extents = [_Extent.of(mask) for mask in known]
     pairs = sorted(
-        ((iou(mask, track.memory if track.lost else track.mask), d, t)
+        ((_box_iou(mask, known[t], found[d], extents[t], state.cfg.match_iou), d, t)
          for d, (mask, label) in enumerate(detections)
          for t, track in enumerate(state.tracks) if track.instance.label == label),
         reverse=True,
@@ -227,19 +296,24 @@ def _match(state: _State, detections: list[tuple[np.ndarray, str]]) -> list[tupl
 def _merge_tracks(state: _State) -> None:
     """Tracks of one label whose masks overlap by ``merge_iou``: the younger one ends."""
     ended: set[int] = set()
+    extents = [_Extent.of(track.mask) for track in state.tracks]
     for a, older in enumerate(state.tracks):
         for b in range(a + 1, len(state.tracks)):
             younger = state.tracks[b]
             if b in ended or a in ended or older.instance.label != younger.instance.label:
                 continue
-            if older.mask.any() and iou(older.mask, younger.mask) >= state.cfg.merge_iou:
+            merge = state.cfg.merge_iou
+            if _box_iou(older.mask, younger.mask, extents[a], extents[b], merge) >= merge:
                 older.mask = older.mask | younger.mask
+                extents[a] = _Extent.of(older.mask)
                 ended.add(b)
     state.tracks = [t for n, t in enumerate(state.tracks) if n not in ended]
 
 
 def _record(instances: list[TrackedInstance], ids: np.ndarray, moving: np.ndarray, frame: int) -> None:
     """Add the pixels (and moving pixels) of frame ``frame``'s ids to every instance."""
+    x, y, w, h = cv2.boundingRect((ids > 0).view(np.uint8))  # only the box around the ids is read
+    ids, moving = ids[y : y + h, x : x + w], moving[y : y + h, x : x + w]
     size = len(instances) + 1
     counts = np.bincount(ids.ravel(), minlength=size)
     moved = np.bincount(ids[moving], minlength=size)
@@ -314,18 +388,25 @@ def track_objects(
 
         ids = np.zeros(frame.shape[:2], np.uint16)
         for track in state.tracks:
-            if np.count_nonzero(track.mask) >= cfg.min_area:
+            extent = _Extent.of(track.mask)
+            if extent.area >= cfg.min_area:
                 track.lost, track.memory = 0, track.mask
             else:
                 track.lost += 1
-            ids[track.mask] = track.instance.id
+            box = np.s_[extent.y0 : extent.y1, extent.x0 : extent.x1]
+            ids[box][track.mask[box]] = track.instance.id
         state.tracks = [t for t in state.tracks if t.lost <= cfg.max_gap]
-        covered = cv2.dilate((ids > 0).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        covered = cv2.dilate((ids > 0).view(np.uint8), np.ones((5, 5), np.uint8)).view(bool)
         regions = geometry.update(i, moving & ~covered, step_flow)
-        for region in np.unique(regions[regions > 0]):
-            if int(region) not in state.geometry_ids:
-                state.geometry_ids[int(region)] = state.new_instance(GEOMETRY_LABEL, "geometry").id
-            ids[(regions == region) & (ids == 0)] = state.geometry_ids[int(region)]
+        x, y, w, h = cv2.boundingRect((regions > 0).view(np.uint8))
+        regions, painted = regions[y : y + h, x : x + w], ids[y : y + h, x : x + w]  # views of the box
+        lookup = np.zeros(int(regions.max(initial=0)) + 1, np.uint16)  # region -> instance id
+        for region in np.unique(regions[regions > 0]).tolist():
+            if region not in state.geometry_ids:
+                state.geometry_ids[region] = state.new_instance(GEOMETRY_LABEL, "geometry").id
+            lookup[region] = state.geometry_ids[region]
+        free = painted == 0
+        painted[free] = lookup[regions[free]]
         _record(state.instances, ids, moving, i)
         out[i] = ids
         step_flow = next_flow
@@ -340,8 +421,13 @@ def _renumber(instances: list[TrackedInstance], out: np.ndarray, min_frames: int
     lookup = np.zeros(len(instances) + 1, np.uint16)
     for new_id, inst in enumerate(kept, start=1):
         lookup[inst.id] = new_id
+    changed = np.zeros(len(out) + 1, np.int64)  # frames holding an id that changes (difference array)
+    for inst in instances:
+        if lookup[inst.id] != inst.id and inst.num_frames:
+            changed[inst.first_frame] += 1
+            changed[inst.last_frame + 1] -= 1
+    for i in np.flatnonzero(np.cumsum(changed[:-1])):
+        out[i] = lookup[out[i]]
+    for new_id, inst in enumerate(kept, start=1):
         inst.id = new_id
-    if not np.array_equal(lookup, np.arange(len(lookup))):
-        for i in range(len(out)):
-            out[i] = lookup[out[i]]
     return kept

@@ -3,6 +3,7 @@ mask is known: stable ids, mask IoU, dynamic flag and source, geometry-only inst
 
 import hashlib
 
+import cv2
 import numpy as np
 import pytest
 
@@ -10,7 +11,17 @@ from dv4d.models.base import Detections, DynamicObjectNames, FrameDetections, Ma
 from dv4d.pipeline.flow import dis_flow
 from dv4d.pipeline.metrics import mask_iou
 from dv4d.pipeline.synthetic import SceneConfig, SyntheticScene, render_scene
-from dv4d.pipeline.tracking import TrackingConfig, box_of, carry, iou, track_objects
+from dv4d.pipeline.tracking import (
+    TrackedInstance,
+    TrackingConfig,
+    _box_iou,
+    _Extent,
+    _renumber,
+    box_of,
+    carry,
+    iou,
+    track_objects,
+)
 
 F = 14
 
@@ -171,6 +182,9 @@ def test_helpers_and_bad_input(scene: SyntheticScene) -> None:
     moved = carry(a, np.broadcast_to(np.array([2.0, 1.0]), (10, 10, 2)).copy())
     np.testing.assert_array_equal(moved, np.roll(np.roll(a, 1, axis=0), 2, axis=1))
     assert not carry(a, np.full((10, 10, 2), 50.0)).any()  # carried out of the frame
+    assert not carry(a & False, np.zeros((10, 10, 2))).any()
+    with pytest.raises(ValueError, match="at least one pixel"):
+        box_of(a & False)
     with pytest.raises(ValueError, match="detect_every"):
         TrackingConfig(detect_every=0)
     with pytest.raises(ValueError, match="match_iou"):
@@ -179,3 +193,89 @@ def test_helpers_and_bad_input(scene: SyntheticScene) -> None:
         track_objects(
             FakeModels(scene, []), scene.frames, np.ones(F, bool), [], np.zeros((1, 2, 3), np.uint16)
         )
+
+
+def ellipse(
+    shape: tuple[int, int], centre: tuple[int, int], axes: tuple[int, int], angle: float
+) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    cv2.ellipse(mask, centre, axes, angle, 0, 360, 1, -1)
+    return mask.astype(bool)
+
+
+def similarity_flow(shape: tuple[int, int], transform: np.ndarray) -> np.ndarray:
+    """(H,W,2) flow of the 2x3 ``transform``: pixel (x, y) goes to ``transform @ (x, y, 1)``."""
+    ys, xs = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    pixels = np.stack([xs, ys, np.ones_like(xs)], axis=-1)
+    return pixels @ transform.T - pixels[..., :2]
+
+
+@pytest.mark.parametrize(
+    ("centre", "axes"),
+    [((60, 50), (30, 18)), ((8, 6), (25, 20)), ((120, 80), (22, 14))],  # inside, on the top-left corner,
+)  # and across the bottom-right one (carried partly out of the frame)
+def test_carry_on_the_box_equals_the_full_frame_warp(centre: tuple[int, int], axes: tuple[int, int]) -> None:
+    shape = (96, 128)
+    mask = ellipse(shape, centre, axes, 20.0)
+    angle, scale = np.deg2rad(4.0), 1.03
+    transform = np.array([[scale * np.cos(angle), -scale * np.sin(angle), 2.6],
+                          [scale * np.sin(angle), scale * np.cos(angle), -1.4]])  # fmt: skip
+    flow = similarity_flow(shape, transform).astype(np.float32)
+    full = cv2.warpAffine(mask.astype(np.uint8), transform, shape[::-1], flags=cv2.INTER_NEAREST).astype(bool)
+    assert full.any() and (full != mask).any()
+    for max_points in (10**9, 200, 30):  # every interior pixel, then grids of at most 200 and 30 of them
+        moved = carry(mask, flow, max_points=max_points)
+        assert moved.shape == shape and moved.dtype == bool
+        assert np.count_nonzero(moved ^ full) <= 3, (max_points, np.count_nonzero(moved ^ full))
+
+
+def test_carry_fit_on_a_grid_keeps_rejecting_outliers() -> None:
+    """A quarter of the object's flow is wrong: the fit on a subsample finds the same transform."""
+    shape = (96, 128)
+    mask = ellipse(shape, (64, 48), (40, 30), 0.0)
+    flow = np.zeros((*shape, 2), np.float32)
+    flow[..., 0], flow[..., 1] = 3.0, -2.0
+    rng = np.random.default_rng(0)
+    wrong = mask & (rng.random(shape) < 0.25)
+    flow[wrong] = rng.uniform(-15, 15, (int(wrong.sum()), 2))
+    expected = np.roll(np.roll(mask, -2, axis=0), 3, axis=1)
+    for max_points in (10**9, 100):
+        np.testing.assert_array_equal(carry(mask, flow, max_points=max_points), expected)
+
+
+def test_box_iou_is_the_iou_or_zero_under_its_floor() -> None:
+    rng = np.random.default_rng(1)
+    shape = (60, 80)
+    masks = [ellipse(shape, (int(rng.integers(0, 80)), int(rng.integers(0, 60))),
+                     (int(rng.integers(1, 30)), int(rng.integers(1, 20))), float(rng.uniform(0, 180)))
+             for _ in range(25)] + [np.zeros(shape, bool)]  # fmt: skip
+    checked = 0
+    for a in masks:
+        for b in masks:
+            union = np.count_nonzero(a | b)
+            exact = np.count_nonzero(a & b) / union if union else 0.0
+            assert iou(a, b) == pytest.approx(exact)
+            for floor in (0.1, 0.5, 0.9):
+                found = _box_iou(a, b, _Extent.of(a), _Extent.of(b), floor)
+                if exact >= floor:
+                    assert found == pytest.approx(exact)
+                    checked += 1
+                else:
+                    assert found in (0.0, pytest.approx(exact))
+    assert checked > 25  # not only the pairs of a mask with itself
+
+
+def test_renumber_rewrites_only_the_frames_holding_a_changed_id() -> None:
+    out = np.zeros((5, 4, 4), np.uint16)
+    out[:, 0, 0] = 1  # instance 1: every frame, keeps id 1
+    out[2, 1, 1] = 2  # instance 2: one frame, dropped
+    out[3:, 2, 2] = 3  # instance 3: frames 3-4, becomes 2
+    spans = {1: (0, 4, 5), 2: (2, 2, 1), 3: (3, 4, 2), 4: (-1, -1, 0)}  # 4: never had pixels
+    instances = [TrackedInstance(i, "x", "detector", first, last, num_frames=n)
+                 for i, (first, last, n) in spans.items()]  # fmt: skip
+    expected = out.copy()
+    expected[2, 1, 1] = 0
+    expected[3:, 2, 2] = 2
+    kept = _renumber(instances, out, min_frames=2)
+    assert [(inst.id, inst.first_frame) for inst in kept] == [(1, 0), (2, 3)]
+    np.testing.assert_array_equal(out, expected)
