@@ -237,6 +237,9 @@ def run_flow(
 ) -> list[VideoResult]:
     """Run the annotate flow in-process (Prefect's ephemeral local API; no server to start)."""
     from dv4d.flows.annotate import annotate_flow, set_progress
+    from dv4d.flows.local_api import start_local_api
+
+    start_local_api()
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=args.quiet, transient=True) as progress:
