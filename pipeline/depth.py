@@ -66,35 +66,40 @@ def _triangulate_flow(
     h, w = fwd.shape[:2]
     ok = forward_backward_mask(fwd, bwd, cfg.fb_max_error_px)
     K = geometry.K
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     rel = np.linalg.inv(geometry.c2w[j]) @ geometry.c2w[i]
     R, t = rel[:3, :3], rel[:3, 3]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    rays = np.stack([(xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1], np.ones_like(xs)], axis=-1)
-    rr = rays @ R.T
-    xn = (xs + fwd[..., 0] - K[0, 2]) / K[0, 0]
-    yn = (ys + fwd[..., 1] - K[1, 2]) / K[1, 1]
+    # Component-wise in float32 (no (H, W, 3) temporaries): rays r of frame i, rotated rr = R r.
+    rx = ((np.arange(w, dtype=np.float32) - cx) / fx)[None, :]
+    ry = ((np.arange(h, dtype=np.float32) - cy) / fy)[:, None]
+    rr0, rr1, rr2 = (
+        np.float32(R[k, 0]) * rx + np.float32(R[k, 1]) * ry + np.float32(R[k, 2]) for k in range(3)
+    )
+    xn = rx + fwd[..., 0] / np.float32(fx)
+    yn = ry + fwd[..., 1] / np.float32(fy)
     # X_j = rr * d + t must project to (xn, yn): linear least squares in the depth d.
-    a = np.stack([rr[..., 0] - xn * rr[..., 2], rr[..., 1] - yn * rr[..., 2]], axis=-1)
-    b = np.stack([xn * t[2] - t[0], yn * t[2] - t[1]], axis=-1)
-    denom = np.sum(a * a, axis=-1)
+    a0, a1 = rr0 - xn * rr2, rr1 - yn * rr2
+    b0, b1 = xn * np.float32(t[2]) - np.float32(t[0]), yn * np.float32(t[2]) - np.float32(t[1])
     with np.errstate(divide="ignore", invalid="ignore"):
-        depth = np.sum(a * b, axis=-1) / denom
-        pj = rr * depth[..., None] + t
-        u = pj[..., 0] / pj[..., 2] * K[0, 0] + K[0, 2]
-        v = pj[..., 1] / pj[..., 2] * K[1, 1] + K[1, 2]
-    epipolar = np.hypot(u - (xs + fwd[..., 0]), v - (ys + fwd[..., 1]))
-    # Angle between the two viewing rays at the triangulated point (camera i frame).
-    point = rays * depth[..., None]
-    centre_j = -R.T @ t
-    to_j = point - centre_j
-    cos = np.sum(point * to_j, axis=-1) / (np.linalg.norm(point, axis=-1) * np.linalg.norm(to_j, axis=-1))
+        depth = (a0 * b0 + a1 * b1) / (a0 * a0 + a1 * a1)
+        z = rr2 * depth + np.float32(t[2])
+        # Reprojection error in frame j (pixels) of the least-squares point: off the epipolar line.
+        du = ((rr0 * depth + np.float32(t[0])) / z - xn) * np.float32(fx)
+        dv = ((rr1 * depth + np.float32(t[1])) / z - yn) * np.float32(fy)
+        # Angle between the two viewing rays at the point P = r d (camera i): P and P - c_j.
+        c = (-R.T @ t).astype(np.float32)
+        px, py = rx * depth, ry * depth
+        qx, qy, qz = px - c[0], py - c[1], depth - c[2]
+        cos = (px * qx + py * qy + depth * qz) / np.sqrt(
+            (px * px + py * py + depth * depth) * (qx * qx + qy * qy + qz * qz)
+        )
     angle = np.degrees(np.arccos(np.clip(np.nan_to_num(cos, nan=1.0), -1.0, 1.0)))
     valid = (
         ok
         & np.isfinite(depth)
         & (depth > 0)
-        & (pj[..., 2] > 0)
-        & (epipolar <= cfg.max_epipolar_px)
+        & (z > 0)
+        & (np.hypot(du, dv) <= cfg.max_epipolar_px)
         & (angle >= cfg.min_angle_deg)
     )
     return np.where(valid, depth, 0.0), np.where(valid, angle, 0.0)
