@@ -20,16 +20,15 @@ filling enclosed holes.
 target parallax (``partner_gap``), with forward-backward checked DIS flow on textured pixels.
 """
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from dv4d.pipeline.flow import DIS_PRESETS, dis_flows, forward_backward_mask, to_gray
-
-Residuals = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""Residual vector of the sampled correspondences for a relative pose ``(R, t)`` (camera i -> camera j)."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,9 @@ class MotionConfig:
     refine_pose: bool = True
     """Re-fit the relative pose to the observed flow before testing (absorbs small pose noise)."""
     refine_iterations: int = 8
-    """Levenberg-Marquardt iterations of the pose re-fit."""
+    """Most Levenberg-Marquardt iterations of the pose re-fit."""
+    refine_tolerance: float = 1e-4
+    """The re-fit stops once an iteration lowers its robust cost by less than this fraction."""
     sample_stride: int = 8
     """Pixel stride of the grid of correspondences used by the pose re-fit."""
     pure_rotation_baseline: float = 1e-9
@@ -90,8 +91,8 @@ class MotionConfig:
             raise ValueError(f"min_texture must be >= 0, got {self.min_texture}")
         if self.flow_preset not in DIS_PRESETS:
             raise ValueError(f"flow_preset must be one of {sorted(DIS_PRESETS)}, got {self.flow_preset!r}")
-        if self.sample_stride < 1 or self.refine_iterations < 0:
-            raise ValueError("sample_stride must be >= 1 and refine_iterations >= 0")
+        if self.sample_stride < 1 or self.refine_iterations < 0 or self.refine_tolerance < 0:
+            raise ValueError("sample_stride must be >= 1, refine_iterations and refine_tolerance >= 0")
         if self.open_radius < 0 or self.close_radius < 0 or self.min_area < 0:
             raise ValueError("open_radius, close_radius and min_area must be >= 0")
 
@@ -119,10 +120,13 @@ def relative_pose(c2w_i: np.ndarray, c2w_j: np.ndarray) -> tuple[np.ndarray, np.
     return T[:3, :3], T[:3, 3]
 
 
+@functools.lru_cache(maxsize=4)
 def _pixels(height: int, width: int) -> np.ndarray:
-    """(H,W,2) float64 pixel coordinates (x, y), pixel centres at integers."""
+    """(H,W,2) float64 pixel coordinates (x, y), pixel centres at integers; cached, read-only."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    return np.stack([xs, ys], axis=-1)
+    grid = np.stack([xs, ys], axis=-1)
+    grid.flags.writeable = False
+    return grid
 
 
 def _rows(M: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -132,6 +136,11 @@ def _rows(M: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.n
         M[1, 0] * x + M[1, 1] * y + M[1, 2],
         M[2, 0] * x + M[2, 1] * y + M[2, 2],
     )
+
+
+def _length(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """``hypot(dx, dy)`` without its overflow guard (several times faster)."""
+    return np.sqrt(dx * dx + dy * dy)
 
 
 def _project_static(
@@ -154,19 +163,6 @@ def _project_rotation(pix: np.ndarray, K: np.ndarray, R: np.ndarray) -> np.ndarr
     a, b, c = _rows(K @ R @ np.linalg.inv(K), pix[..., 0], pix[..., 1])
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.stack([a / c, b / c], axis=-1)
-
-
-def _sampson(pix_i: np.ndarray, pix_j: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Signed square root of the Sampson distance (pixels) of correspondences to the epipolar geometry."""
-    K_inv = np.linalg.inv(K)
-    tx = np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]])
-    F = K_inv.T @ tx @ R @ K_inv
-    F = F / max(float(np.linalg.norm(F)), 1e-300)
-    xj, yj = pix_j[..., 0], pix_j[..., 1]
-    l0, l1, l2 = _rows(F, pix_i[..., 0], pix_i[..., 1])
-    m0, m1, _ = _rows(F.T, xj, yj)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (xj * l0 + yj * l1 + l2) / np.sqrt(l0**2 + l1**2 + m0**2 + m1**2)
 
 
 def ego_flow(depth: np.ndarray, K: np.ndarray, c2w_i: np.ndarray, c2w_j: np.ndarray) -> np.ndarray:
@@ -195,40 +191,141 @@ def _apply(delta: np.ndarray, R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray,
     return dR @ R, dR @ t + delta[3:]
 
 
+def _skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+
+
+_SKEW_BASIS = np.stack([_skew(e) for e in np.eye(3)])
+"""(3,3,3) ``[e_k]x`` for the unit vectors ``e_k``."""
+
+_INVALID_RESIDUAL = 1e3
+"""Residual (pixels) of a correspondence whose prediction is undefined (behind the camera, degenerate)."""
+
+
+@dataclass(frozen=True)
+class _PoseFit:
+    """Sampled correspondences of the pose re-fit, with their residuals (pixels) and analytic Jacobian for
+    a relative pose ``(R, t)`` (camera i -> camera j) under the left perturbation of ``_apply``."""
+
+    K: np.ndarray
+    """(3,3) intrinsics."""
+    points: np.ndarray
+    """(3,N) camera-i points of the samples with depth (back-projected pixels)."""
+    observed: np.ndarray
+    """(2,N) their observed pixels in camera j."""
+    rays: np.ndarray
+    """(3,M) normalised rays ``K^-1 (x, y, 1)`` of the samples without depth."""
+    targets: np.ndarray
+    """(2,M) their observed pixels in camera j."""
+    target_rays: np.ndarray
+    """(3,M) the normalised rays of ``targets``."""
+    rotation_only: bool
+    """Samples without depth use the rotation homography (reprojection of the ray) instead of the
+    Sampson distance."""
+
+    @property
+    def size(self) -> int:
+        """Number of residuals."""
+        return 2 * self.points.shape[1] + (2 if self.rotation_only else 1) * self.rays.shape[1]
+
+    def _reprojection(
+        self, Y: np.ndarray, observed: np.ndarray, in_front: bool, translation: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Residuals (2N,) ``K Y / z - observed`` of camera-j points ``Y`` (3,N) and their transposed
+        Jacobian (6,2N); with ``in_front`` points not in front of camera j get ``_INVALID_RESIDUAL`` and no
+        gradient; without ``translation`` the translation does not move ``Y``."""
+        K = self.K
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv_z = 1.0 / Y[2]
+            x, y = Y[0] * inv_z, Y[1] * inv_z
+            res = np.empty((2, Y.shape[1]))
+            jac = np.zeros((6, 2, Y.shape[1]))
+            for c in range(2):
+                res[c] = K[c, 0] * x + K[c, 1] * y + K[c, 2] - observed[c]
+                # d proj_c / dY = (K_c0, K_c1, -(K_c0 x + K_c1 y)) / z; dY / d omega = -[Y]x, dY / d t = I.
+                grad = (K[c, 0] * inv_z, K[c, 1] * inv_z, -(K[c, 0] * x + K[c, 1] * y) * inv_z)
+                for k in range(3):
+                    k1, k2 = (k + 1) % 3, (k + 2) % 3
+                    jac[k, c] = Y[k1] * grad[k2] - Y[k2] * grad[k1]
+                    if translation:
+                        jac[3 + k, c] = grad[k]
+        bad = ~np.isfinite(res).all(axis=0)
+        if in_front:
+            bad |= ~(Y[2] > 0)
+        res[:, bad] = _INVALID_RESIDUAL
+        jac[:, :, bad] = 0.0
+        return res.ravel(), jac.reshape(6, -1)
+
+    def _sampson(self, R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Signed square roots (M,) of the Sampson distances (pixels) of the samples without depth to the
+        epipolar geometry ``E = [t]x R`` (invariant to the scale of ``E``) and their transposed Jacobian
+        (6,M)."""
+        E = _skew(t) @ R
+        # First-order change of E under _apply: dE = [omega]x E + [dt]x R.
+        gens = np.concatenate([_SKEW_BASIS @ E, _SKEW_BASIS @ R])  # (6,3,3)
+        A = np.linalg.inv(self.K)[:2, :2].T  # pixel-space epipolar line (first two terms) = A @ normalised
+        p, q = self.rays, self.target_rays
+        ep, etq = E @ p, E.T @ q
+        lines, co_lines = A @ ep[:2], A @ etq[:2]
+        gp = (gens.reshape(18, 3) @ p).reshape(6, 3, -1)  # G_k p
+        gtq = (gens.transpose(0, 2, 1).reshape(18, 3) @ q).reshape(6, 3, -1)  # G_k^T q
+        with np.errstate(divide="ignore", invalid="ignore"):
+            den = np.sqrt(np.sum(lines * lines, axis=0) + np.sum(co_lines * co_lines, axis=0))
+            res = np.sum(q * ep, axis=0) / den
+            d_num = np.sum(gp * q, axis=1)
+            d_den = (
+                np.sum(lines * (A @ gp[:, :2]), axis=1) + np.sum(co_lines * (A @ gtq[:, :2]), axis=1)
+            ) / den
+            jac = (d_num - res * d_den) / den
+        jac[:, ~np.isfinite(res) | ~np.isfinite(jac).all(axis=0)] = 0.0
+        return np.nan_to_num(res, nan=_INVALID_RESIDUAL), jac
+
+    def residuals(self, R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Residuals (``size``,) in pixels and their transposed Jacobian (6, ``size``) with respect to
+        ``_apply``'s ``delta = (omega, dt)`` at zero."""
+        parts = [
+            self._reprojection(R @ self.points + t[:, None], self.observed, in_front=True, translation=True)
+        ]
+        if self.rotation_only:
+            parts.append(self._reprojection(R @ self.rays, self.targets, in_front=False, translation=False))
+        else:
+            parts.append(self._sampson(R, t))
+        return np.concatenate([r for r, _ in parts]), np.concatenate([j for _, j in parts], axis=1)
+
+
 def _refine(
-    residuals: Residuals, R: np.ndarray, t: np.ndarray, iterations: int
+    fit: _PoseFit, R: np.ndarray, t: np.ndarray, iterations: int, tolerance: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Robust Levenberg-Marquardt on the 6-DoF relative pose with Cauchy weights whose scale is the median
-    absolute residual (moving pixels, a minority, end up with small weights). Numeric Jacobian."""
+    absolute residual (moving pixels, a minority, end up with small weights). Analytic Jacobian; stops
+    after ``iterations`` or once an iteration lowers the cost by less than ``tolerance`` of it."""
 
     def cost(r: np.ndarray, scale: float) -> float:
         return float(np.sum(np.log1p((r / scale) ** 2)))
 
-    r = residuals(R, t)
-    if r.size < 12:
+    if fit.size < 12:
         return R, t
+    r, Jt = fit.residuals(R, t)
     lam = 1e-3
     for _ in range(iterations):
         scale = max(1.4826 * float(np.median(np.abs(r))), 0.05)
-        weights = 1.0 / (1.0 + (r / scale) ** 2)
-        step = 1e-6 * max(1.0, float(np.linalg.norm(t)))
-        J = np.empty((r.size, 6))
-        for k in range(6):
-            J[:, k] = (residuals(*_apply(step * np.eye(6)[k], R, t)) - r) / step
-        JtW = J.T * weights
-        H = JtW @ J
+        JtW = Jt * (1.0 / (1.0 + (r / scale) ** 2))
+        H = JtW @ Jt.T
         g = JtW @ r
         current = cost(r, scale)
         for _attempt in range(6):
             update = -np.linalg.solve(H + lam * (np.diag(np.diag(H)) + 1e-9 * np.eye(6)), g)
             R_new, t_new = _apply(update, R, t)
-            r_new = residuals(R_new, t_new)
-            if np.all(np.isfinite(r_new)) and cost(r_new, scale) < current:
-                R, t, r = R_new, t_new, r_new
+            r_new, Jt_new = fit.residuals(R_new, t_new)
+            new = cost(r_new, scale) if np.all(np.isfinite(r_new)) else np.inf
+            if new < current:
+                R, t, r, Jt = R_new, t_new, r_new, Jt_new
                 lam = max(lam / 10, 1e-9)
                 break
             lam *= 10
         else:
+            break
+        if current - new < tolerance * current:
             break
     return R, t
 
@@ -288,21 +385,26 @@ def _refined_pose(
     if not cfg.refine_pose:
         return R, t0, rotation_only
     s = cfg.sample_stride
-    p, q, d = pix[::s, ::s], (pix + view.flow)[::s, ::s], depth[::s, ::s]
+    p = pix[::s, ::s].reshape(-1, 2)
+    q = p + view.flow[::s, ::s].reshape(-1, 2)
+    d = depth[::s, ::s].ravel()
     ok = np.isfinite(q).all(axis=-1)
     if view.valid is not None:
-        ok &= view.valid[::s, ::s]
+        ok &= view.valid[::s, ::s].ravel()
     with_depth, without = ok & (d > 0), ok & ~(d > 0)
-
-    def residuals(R_: np.ndarray, t_: np.ndarray) -> np.ndarray:
-        parts = [(_project_static(p[with_depth], d[with_depth], K, R_, t_) - q[with_depth]).ravel()]
-        if rotation_only:
-            parts.append((_project_rotation(p[without], K, R_) - q[without]).ravel())
-        else:
-            parts.append(_sampson(p[without], q[without], K, R_, t_))
-        return np.nan_to_num(np.concatenate(parts), nan=1e3)
-
-    R, t = _refine(residuals, R, t0, cfg.refine_iterations)
+    K_inv = np.linalg.inv(K)
+    rays = K_inv[:, :2] @ p.T + K_inv[:, 2:]
+    free = q[without].T
+    fit = _PoseFit(
+        K,
+        points=rays[:, with_depth] * d[with_depth],
+        observed=q[with_depth].T,
+        rays=rays[:, without],
+        targets=free,
+        target_rays=K_inv[:, :2] @ free + K_inv[:, 2:],
+        rotation_only=rotation_only,
+    )
+    R, t = _refine(fit, R, t0, cfg.refine_iterations, cfg.refine_tolerance)
     if rotation_only:
         return R, np.zeros(3), True
     if not with_depth.any():  # the epipolar residuals see neither the length nor the sign of t
@@ -334,49 +436,60 @@ def motion_score(
         _check_view(view, shape)
     if depth_i is not None and depth_i.shape != shape:
         raise ValueError(f"depth_i must be (H,W) = {shape} like the flow, got {depth_i.shape}")
-    height, width = shape
-    pix = _pixels(height, width)
+    pix = _pixels(*shape)
     depth = np.zeros(shape) if depth_i is None else np.nan_to_num(depth_i.astype(np.float64), nan=0.0)
-    has_depth = depth > 0
-    K_inv = np.linalg.inv(K)
-    ray = np.stack(_rows(K_inv, pix[..., 0], pix[..., 1]), axis=-1)
+    poses = [_refined_pose(view, pix, depth, K, c2w_i, cfg)[:2] for view in views]
+    trusted = []
+    for view in views:
+        ok = np.isfinite(view.flow[..., 0]) & np.isfinite(view.flow[..., 1])
+        trusted.append(ok if view.valid is None else ok & view.valid)
+    # Only pixels that some view trusts are judged: work on their flat indices.
+    judged = np.flatnonzero(np.logical_or.reduce(trusted))
+    score = np.full(shape, np.nan)
+    if judged.size == 0:
+        return score
+    # float32 from here: residuals in pixels, far above its resolution (1e-4 px at 1000 px).
+    f32 = np.float32
+    x, y = pix[..., 0].ravel()[judged].astype(f32), pix[..., 1].ravel()[judged].astype(f32)
+    d = depth.ravel()[judged]
+    has_depth = d > 0
+    K_inv = np.linalg.inv(K).astype(f32)
+    ray_x, ray_y, _ = _rows(K_inv, x, y)  # the ray's z is 1
 
     fitted = []
-    normal = np.zeros(shape)
-    rhs = np.zeros(shape)
-    for view in views:
-        R, t, _ = _refined_pose(view, pix, depth, K, c2w_i, cfg)
-        target = pix + view.flow.astype(np.float64)
-        trusted = np.isfinite(target).all(axis=-1)
-        if view.valid is not None:
-            trusted &= view.valid
-        xn, yn, _ = _rows(K_inv, target[..., 0], target[..., 1])
-        rotated = ray @ R.T
+    normal = np.zeros(judged.size, f32)
+    rhs = np.zeros(judged.size, f32)
+    for view, (R, t), ok in zip(views, poses, trusted, strict=True):
+        ok = ok.ravel()[judged]
+        t = t.astype(f32)
+        flow_x, flow_y = np.take(view.flow.reshape(-1, 2), judged, axis=0).T.astype(f32)
+        target_x = np.where(ok, x + flow_x, f32(0.0))
+        target_y = np.where(ok, y + flow_y, f32(0.0))
+        xn, yn, _ = _rows(K_inv, target_x, target_y)
+        rotated = _rows(R.astype(f32), ray_x, ray_y)
         # Camera-j point (per unit depth of frame i) = rotated + t * rho must project to (xn, yn).
         for coord, c in ((xn, 0), (yn, 1)):
-            a = np.where(trusted, coord * t[2] - t[c], 0.0)
-            b = np.where(trusted, rotated[..., c] - coord * rotated[..., 2], 0.0)
+            a = (coord * t[2] - t[c]) * ok
             normal += a * a
-            rhs += a * np.nan_to_num(b)
-        fitted.append((t, target, trusted, rotated))
-    with np.errstate(divide="ignore", invalid="ignore"):
+            rhs += a * (rotated[c] - coord * rotated[2])
+        fitted.append((t, target_x, target_y, ok, rotated))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         rho = np.clip(np.nan_to_num(rhs / normal, nan=0.0, posinf=0.0, neginf=0.0), 0.0, None)
-    with np.errstate(divide="ignore"):
-        rho = np.where(has_depth, 1.0 / np.where(has_depth, depth, 1.0), rho)
-    relative = np.where(has_depth, cfg.relative_threshold, cfg.triangulation_relative_threshold)
+        rho[has_depth] = 1.0 / d[has_depth]
+    relative = np.where(has_depth, f32(cfg.relative_threshold), f32(cfg.triangulation_relative_threshold))
+    fx, fy, cx, cy = (f32(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
 
-    score = np.full(shape, np.nan)
-    for t, target, trusted, rotated in fitted:
-        point = rotated + t * rho[..., None]
-        front = point[..., 2] > 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            proj = np.stack([point[..., 0] / point[..., 2], point[..., 1] / point[..., 2]], axis=-1)
-        proj = proj * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
-        residual = np.linalg.norm(target - proj, axis=-1)
-        threshold = cfg.threshold_px + relative * np.linalg.norm(proj - pix, axis=-1)
-        with np.errstate(invalid="ignore"):
-            ratio = np.where(front, residual / threshold, np.inf)
-        score = np.where(trusted, np.fmax(score, ratio), score)
+    worst = np.full(judged.size, np.nan, f32)
+    for t, target_x, target_y, ok, rotated in fitted:
+        z = rotated[2] + t[2] * rho
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            proj_x = (rotated[0] + t[0] * rho) / z * fx + cx
+            proj_y = (rotated[1] + t[1] * rho) / z * fy + cy
+            residual = _length(target_x - proj_x, target_y - proj_y)
+            threshold = cfg.threshold_px + relative * _length(proj_x - x, proj_y - y)
+            ratio = np.where(z > 0, residual / threshold, f32(np.inf))
+        worst = np.where(ok, np.fmax(worst, ratio), worst)
+    score.ravel()[judged] = worst
     return score
 
 
@@ -451,6 +564,11 @@ class MotionFrame:
     frame gap); None for a single-frame video."""
 
 
+_FLOW_LOOKAHEAD = 2
+"""``segment_motion`` computes the flows of up to this many frames ahead in the background while it judges
+a frame: on many cores the flow pool stays full (two pairs both ways) and the judging costs no time."""
+
+
 def _partners(i: int, gap: int, num: int) -> list[int]:
     """One partner each side, ``gap`` frames away or the clip's first/last frame when nearer; the first
     and last frames take a second partner twice as far on their only side."""
@@ -471,8 +589,8 @@ def segment_motion(
     flow passes the forward-backward check.
 
     ``frames`` (F,H,W,3) uint8 and ``depth`` (F,H,W) (0 = invalid) may be memory-mapped: the flows of a
-    frame pair are computed once, both ways, and held only until both frames are done (about two per
-    gap frame in memory)."""
+    frame pair are computed once, both ways, in the background up to ``_FLOW_LOOKAHEAD`` frames ahead,
+    and held only until both frames are done (about two per gap frame in memory)."""
     num = len(frames)
     if depth.shape != frames.shape[:3] or c2w.shape != (num, 4, 4):
         raise ValueError(
@@ -481,29 +599,41 @@ def segment_motion(
         )
     gap = partner_gap(depth, K, c2w, cfg) if num > 1 else 1
     pairs: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    scheduled: set[tuple[int, int]] = set()
+    pending: dict[int, Future[list[tuple[tuple[int, int], np.ndarray, np.ndarray]]]] = {}
 
-    def compute(i: int, partners: list[int]) -> None:
-        new = [j for j in partners if (i, j) not in pairs]
+    def flows_of(i: int, new: list[int]) -> list[tuple[tuple[int, int], np.ndarray, np.ndarray]]:
+        """Flows between frame i and each of ``new``, both ways, with their forward-backward masks."""
         image = np.asarray(frames[i])
         others = [np.asarray(frames[j]) for j in new]
         flows = dis_flows([p for other in others for p in ((image, other), (other, image))], cfg.flow_preset)
+        found = []
         for k, j in enumerate(new):
             fwd, bwd = flows[2 * k], flows[2 * k + 1]
-            pairs[(i, j)] = fwd, forward_backward_mask(fwd, bwd, cfg.fb_max_error_px)
-            pairs[(j, i)] = bwd, forward_backward_mask(bwd, fwd, cfg.fb_max_error_px)
+            found.append(((i, j), fwd, forward_backward_mask(fwd, bwd, cfg.fb_max_error_px)))
+            found.append(((j, i), bwd, forward_backward_mask(bwd, fwd, cfg.fb_max_error_px)))
+        return found
 
-    for i in range(num):
-        for key in [k for k in pairs if max(k) < i]:
-            del pairs[key]
-        partners = _partners(i, gap, num)
-        if not partners:
-            yield MotionFrame(np.zeros(frames.shape[1:3], dtype=bool), None)
-            continue
-        gray = to_gray(np.asarray(frames[i])).astype(np.float32)
-        textured = cv2.cornerMinEigenVal(gray, 7, 3) >= cfg.min_texture
-        compute(i, partners)
-        views = [View(c2w[j], pairs[(i, j)][0], pairs[(i, j)][1] & textured) for j in partners]
-        mask = motion_mask_views(views, K, c2w[i], np.asarray(depth[i], dtype=np.float32), cfg)
-        nearest = min(range(len(partners)), key=lambda k: (partners[k] < i, abs(partners[k] - i)))
-        step = (views[nearest].flow / (partners[nearest] - i)).astype(np.float32)
-        yield MotionFrame(mask, step)
+    with ThreadPoolExecutor(max_workers=_FLOW_LOOKAHEAD, thread_name_prefix="dv4d-motion") as executor:
+        requested = 0  # frames are requested in order: each pair of frame i by frame i at the latest
+        for i in range(num):
+            while requested < min(i + _FLOW_LOOKAHEAD + 1, num):
+                new = [j for j in _partners(requested, gap, num) if (requested, j) not in scheduled]
+                scheduled.update(pair for j in new for pair in ((requested, j), (j, requested)))
+                pending[requested] = executor.submit(flows_of, requested, new)
+                requested += 1
+            for key, flow, fb_ok in pending.pop(i).result():
+                pairs[key] = flow, fb_ok
+            for key in [k for k in pairs if max(k) < i]:
+                del pairs[key]
+            partners = _partners(i, gap, num)
+            if not partners:
+                yield MotionFrame(np.zeros(frames.shape[1:3], dtype=bool), None)
+                continue
+            gray = to_gray(np.asarray(frames[i])).astype(np.float32)
+            textured = cv2.cornerMinEigenVal(gray, 7, 3) >= cfg.min_texture
+            views = [View(c2w[j], pairs[(i, j)][0], pairs[(i, j)][1] & textured) for j in partners]
+            mask = motion_mask_views(views, K, c2w[i], np.asarray(depth[i], dtype=np.float32), cfg)
+            nearest = min(range(len(partners)), key=lambda k: (partners[k] < i, abs(partners[k] - i)))
+            step = (views[nearest].flow / (partners[nearest] - i)).astype(np.float32)
+            yield MotionFrame(mask, step)

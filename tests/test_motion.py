@@ -10,11 +10,15 @@ import pytest
 from dv4d.pipeline.motion import (
     MotionConfig,
     View,
+    _apply,
     _clean,
     _partners,
+    _PoseFit,
+    _refine,
     ego_flow,
     motion_mask,
     motion_mask_views,
+    motion_score,
     partner_gap,
     segment_motion,
 )
@@ -289,3 +293,87 @@ def test_untextured_pixels_are_not_judged() -> None:
     assert np.mean(judged) > 0.5
     with pytest.raises(ValueError, match="min_texture"):
         MotionConfig(min_texture=-1.0)
+
+
+def pose_fit(rotation_only: bool, seed: int = 0, num: int = 60) -> tuple[_PoseFit, np.ndarray, np.ndarray]:
+    """Correspondences of a known relative pose (K with skew): ``num`` pixels with depth, ``num`` without,
+    the observed pixels exact but for a quarter of outliers; returns the fit and the true ``(R, t)``."""
+    rng = np.random.default_rng(seed)
+    K_skew = np.array([[300.0, 0.8, 160.0], [0.0, 290.0, 120.0], [0.0, 0.0, 1.0]])
+    K_inv = np.linalg.inv(K_skew)
+    R, t = rotation([0.3, 1.0, -0.2], 4.0), np.array([0.3, -0.1, 0.15])
+    if rotation_only:
+        t = np.zeros(3)
+    pix = rng.uniform([0, 0], [320, 240], (num, 2)).T
+    rays = K_inv[:, :2] @ pix + K_inv[:, 2:]
+    points = rays * rng.uniform(2.0, 6.0, num)
+    seen = K_skew @ (R @ points + t[:, None])
+    observed = seen[:2] / seen[2]
+    along = K_skew @ (R @ (rays * rng.uniform(2.0, 6.0, num)) + t[:, None])  # static points without depth
+    targets = along[:2] / along[2]
+    for obs in (observed, targets):
+        obs[:, : num // 4] += rng.uniform(-15, 15, (2, num // 4))
+    fit = _PoseFit(
+        K_skew, points, observed, rays, targets, K_inv[:, :2] @ targets + K_inv[:, 2:], rotation_only
+    )
+    return fit, R, t
+
+
+@pytest.mark.parametrize("rotation_only", [False, True])
+def test_pose_fit_jacobian_matches_finite_differences(rotation_only: bool) -> None:
+    fit, R, t = pose_fit(rotation_only)
+    R_off, t_off = _apply(np.array([0.02, -0.01, 0.03, 0.05, 0.02, -0.04]), R, t)
+    res, jac = fit.residuals(R_off, t_off)
+    assert res.shape == (fit.size,) and jac.shape == (6, fit.size)
+    numeric = np.empty_like(jac)
+    for k in range(6):
+        step = np.zeros(6)
+        step[k] = 1e-6
+        numeric[k] = (
+            fit.residuals(*_apply(step, R_off, t_off))[0] - fit.residuals(*_apply(-step, R_off, t_off))[0]
+        ) / 2e-6
+    np.testing.assert_allclose(jac, numeric, atol=1e-5 * np.abs(jac).max())
+    assert np.abs(jac).max() > 10  # not trivially zero
+    # A point behind camera j: the invalid residual and no gradient.
+    behind = _PoseFit(fit.K, -fit.points[:, :1], fit.observed[:, :1], fit.rays[:, :0], fit.targets[:, :0],
+                      fit.target_rays[:, :0], False)  # fmt: skip
+    res, jac = behind.residuals(R, t)
+    assert (res == 1e3).all() and not jac.any()
+
+
+@pytest.mark.parametrize("rotation_only", [False, True])
+def test_refine_recovers_the_pose_despite_outliers(rotation_only: bool) -> None:
+    fit, R, t = pose_fit(rotation_only, seed=1)
+    start = _apply(np.array([0.03, 0.02, -0.02, 0.04, -0.03, 0.02]), R, t)
+    for tolerance in (0.0, 1e-4):
+        R_fit, t_fit = _refine(fit, *start, iterations=15, tolerance=tolerance)
+        angle = np.degrees(np.arccos(np.clip((np.trace(R_fit.T @ R) - 1) / 2, -1, 1)))
+        assert angle < 0.01
+        if not rotation_only:
+            assert np.linalg.norm(t_fit - t) < 1e-3
+    # The test can fail: without iterations the pose stays off.
+    R_fit, _ = _refine(fit, *start, iterations=0, tolerance=0.0)
+    assert np.degrees(np.arccos(np.clip((np.trace(R_fit.T @ R) - 1) / 2, -1, 1))) > 1.0
+    with pytest.raises(ValueError, match="refine_tolerance"):
+        MotionConfig(refine_tolerance=-1.0)
+
+
+def test_motion_score_dtype_and_untrusted_pixels() -> None:
+    flow, depth = scene(C2W_I, C2W_J, np.array([0.0, -0.15, -0.3]))
+    flow[:10] = np.nan
+    valid = np.ones((H, W), bool)
+    valid[:, :5] = False
+    score = motion_score([View(C2W_J, flow, valid)], K, C2W_I, depth, MotionConfig())
+    assert score.shape == (H, W) and score.dtype == np.float64
+    assert np.isnan(score[:10]).all() and np.isnan(score[:, :5]).all()
+    assert np.isfinite(score[10:, 5:]).all() and (score[PATCH] > 1).mean() > 0.9
+    assert (score[10:, 5:][~TRUTH[10:, 5:]] < 1).mean() > 0.99
+
+
+def test_segment_motion_stops_early(video: SyntheticScene) -> None:
+    """A consumer that stops after the first frame leaves no flow computation behind."""
+    depth = video.depth.astype(np.float32)
+    frames = segment_motion(video.frames, depth, video.K, video.c2w, MotionConfig())
+    first = next(frames)
+    frames.close()
+    assert first.mask.shape == (96, 128)
