@@ -97,10 +97,9 @@ def forward_backward_mask(fwd: np.ndarray, bwd: np.ndarray, max_error_px: float 
     if fwd.shape != bwd.shape or fwd.ndim != 3 or fwd.shape[2] != 2:
         raise ValueError(f"flows must both be (H, W, 2), got {fwd.shape} and {bwd.shape}")
     h, w = fwd.shape[:2]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    x1 = xs + fwd[..., 0]
-    y1 = ys + fwd[..., 1]
-    back = sample_flow(bwd, x1, y1)
-    error = np.linalg.norm(fwd + back, axis=-1)
+    x1 = np.arange(w, dtype=np.float32)[None, :] + fwd[..., 0]
+    y1 = np.arange(h, dtype=np.float32)[:, None] + fwd[..., 1]
+    back = cv2.remap(bwd, x1, y1, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    ex, ey = fwd[..., 0] + back[..., 0], fwd[..., 1] + back[..., 1]
     inside = (x1 >= 0) & (x1 <= w - 1) & (y1 >= 0) & (y1 <= h - 1)
-    return inside & (error <= max_error_px)
+    return inside & (ex * ex + ey * ey <= np.float32(max_error_px) ** 2)
