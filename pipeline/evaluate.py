@@ -188,7 +188,7 @@ def evaluate(out_dir: Path, gt: GroundTruth, cfg: EvalConfig | None = None) -> E
     if "unregistered_frames" in flags and out.posed.all():
         repeats = int(np.all(out.c2w[1:] == out.c2w[:-1], axis=(1, 2)).sum())
         notes.append(
-            f"manifest flags unregistered_frames but cameras.npz has no per-frame pose mask; {repeats} "
+            f"manifest flags unregistered_frames but cameras.npz marks no frame unposed; {repeats} "
             "frames repeat the previous frame's pose exactly (likely filled in), evaluated as given"
         )
     posed = matched & out.posed

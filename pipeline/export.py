@@ -204,9 +204,11 @@ def write_cameras(
     frame_index: np.ndarray,
     timestamps: np.ndarray,
     is_keyframe: np.ndarray,
+    posed: np.ndarray,
 ) -> None:
     """Write ``cameras.npz``: c2w (F,4,4) f64, K (F,3,3) f64, frame_index (F,) i64, timestamps (F,) f64 s,
-    is_keyframe (F,) bool. ``K`` may be given as one (3,3) matrix, repeated for every frame."""
+    is_keyframe (F,) bool, posed (F,) bool (False: the pose was not solved but copied from the nearest
+    solved frame). ``K`` may be given as one (3,3) matrix, repeated for every frame."""
     num = len(c2w)
     K_all = np.broadcast_to(K, (num, 3, 3)) if K.ndim == 2 else K
     arrays = {
@@ -215,6 +217,7 @@ def write_cameras(
         "frame_index": np.asarray(frame_index, dtype=np.int64),
         "timestamps": np.asarray(timestamps, dtype=np.float64),
         "is_keyframe": np.asarray(is_keyframe, dtype=bool),
+        "posed": np.asarray(posed, dtype=bool),
     }
     for key, value in arrays.items():
         if len(value) != num:

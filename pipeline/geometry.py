@@ -10,7 +10,10 @@ sliding-window bundle adjustment of the latest keyframes against the fixed older
 bundle adjustment over every keyframe (`point_ba`: the project's Levenberg-Marquardt + Schur solver;
 points with outlier observations, mostly moving objects, are dropped and the problem re-solved).
 Non-keyframes are posed by PnP and a motion-only adjustment against the fixed points, and a final
-adjustment over every frame (short clips) refines all poses, the points and the focal together.
+adjustment over every frame (short clips) refines all poses, the points and the focal together; a
+longer clip refines the focal first, on a reconstruction of its first keyframes. Memory stays
+bounded on long videos: the global adjustment goes block by block beyond a number of keyframes, and
+the motion-only adjustments take a bounded chunk of frames at a time.
 Without an intrinsics prior the focal is chosen by the truncated reprojection error of small
 reconstructions (no triangulation-angle cut, which would favour short focals) over a grid of fields
 of view, refined by bisection. Ill-conditioned inputs (static camera, pure rotation, too few frames,
@@ -50,7 +53,9 @@ class GeometryConfig:
     """Levenberg-Marquardt iterations of that final adjustment over every frame (it starts from the
     global keyframe adjustment and the motion-only poses)."""
     refine_focal: bool = True
-    """Without an intrinsics prior, let that final bundle adjustment refine the searched focal."""
+    """Without an intrinsics prior, let that final bundle adjustment refine the searched focal; a longer
+    clip refines it beforehand with a reconstruction of its first `global_ba_max_keyframes` keyframes,
+    and is then reconstructed with it."""
     outlier_rounds: int = 2
     """Bundle adjustments re-run after dropping the points with an outlier observation."""
     huber_px: float = 1.0
@@ -60,6 +65,13 @@ class GeometryConfig:
     window_keyframes: int = 5
     """Keyframes adjusted together (older ones held fixed) after each new keyframe is registered; a
     global adjustment over every keyframe follows."""
+    global_ba_max_keyframes: int = 100
+    """The global adjustment solves every keyframe at once up to this many keyframes; a longer video
+    gets blocks of this many consecutive keyframes (overlapping by half) adjusted in turn, the others
+    held fixed, so that its memory stays bounded whatever the video's length."""
+    motion_ba_chunk_frames: int = 64
+    """Non-keyframes posed together by one motion-only adjustment (their poses do not interact there;
+    chunks keep its memory bounded on long videos)."""
     init_min_angle_deg: float = 3.0
     """The initial keyframe pair is the first whose median triangulation angle reaches this."""
     min_angle_deg: float = 0.75
@@ -96,6 +108,12 @@ class GeometryConfig:
     min_frames: int = 5
     """Clips with fewer frames are flagged "few_frames" (and still reconstructed when possible)."""
 
+    def __post_init__(self) -> None:
+        if self.global_ba_max_keyframes < 2:
+            raise GeometryError(f"global_ba_max_keyframes must be >= 2, got {self.global_ba_max_keyframes}")
+        if self.motion_ba_chunk_frames < 1:
+            raise GeometryError(f"motion_ba_chunk_frames must be >= 1, got {self.motion_ba_chunk_frames}")
+
 
 @dataclass
 class GeometryResult:
@@ -119,6 +137,9 @@ class GeometryResult:
     flags: list[str]
     """Quality flags, e.g. "static_camera", "pure_rotation", "focal_unobserved", "few_frames",
     "unregistered_frames"."""
+    posed: np.ndarray
+    """(F,) bool frames whose pose was solved; the others (flag "unregistered_frames") carry the pose of
+    the nearest solved frame."""
 
 
 @dataclass
@@ -360,21 +381,57 @@ def _refine(tracks: Tracks, rec: _Recon, frames: list[int], pp: np.ndarray, cfg:
         rec.points[used[np.bincount(pt_local[~good], minlength=len(used)) > 0]] = np.nan
 
 
+def _score(tracks: Tracks, rec: _Recon, frames: list[int], pp: np.ndarray, cfg: GeometryConfig) -> None:
+    """Set `rec.rmse` and `rec.inlier_fraction` from the reprojection errors in `frames`, frame by frame
+    (as `_refine` does after a solve: inliers reproject within `max_reproj_px`)."""
+    K = np.array([[rec.focal, 0.0, pp[0]], [0.0, rec.focal, pp[1]], [0.0, 0.0, 1.0]])
+    squared, inliers, total = 0.0, 0, 0
+    for f in frames:
+        ids, xy = tracks.in_frame(f)
+        X = rec.points[ids]
+        known = np.isfinite(X).all(axis=1)
+        err = _reproj_error(K, rec.R[f], rec.t[f], X[known], xy[known])
+        good = err <= cfg.max_reproj_px
+        squared += float(np.sum(err[good] ** 2))
+        inliers += int(good.sum())
+        total += len(ids)
+    rec.rmse = float(np.sqrt(squared / inliers)) if inliers else float("inf")
+    rec.inlier_fraction = inliers / max(total, 1)
+
+
+def _refine_global(
+    tracks: Tracks, rec: _Recon, frames: list[int], pp: np.ndarray, cfg: GeometryConfig
+) -> None:
+    """Bundle-adjust every registered frame of `frames` (the first is the gauge): in one solve up to
+    `cfg.global_ba_max_keyframes` frames, else block by block (overlapping by half, the rest fixed)."""
+    frames = [f for f in frames if f in rec.R]
+    size = cfg.global_ba_max_keyframes
+    if len(frames) <= size:
+        _refine(tracks, rec, frames, pp, cfg)
+        return
+    step = size // 2
+    for start in range(0, len(frames) - size + step, step):
+        _refine(tracks, rec, frames, pp, cfg, window=frames[start : start + size])
+    _score(tracks, rec, frames, pp, cfg)
+
+
 def _refine_motion(
     tracks: Tracks, rec: _Recon, frames: list[int], pp: np.ndarray, cfg: GeometryConfig
 ) -> None:
-    """Motion-only adjustment: the poses of registered `frames` against the fixed triangulated points."""
+    """Motion-only adjustment: the poses of registered `frames` against the fixed triangulated points,
+    `cfg.motion_ba_chunk_frames` frames per solve."""
     frames = [f for f in frames if f in rec.R]
-    if not frames:
-        return
-    obs, _ = _observations(tracks, rec, frames)
-    sol = bundle_adjust(
-        np.stack([rec.R[f] for f in frames]), np.stack([rec.t[f] for f in frames]), rec.points, rec.focal,
-        pp, obs, np.ones(len(frames), bool), np.zeros(len(rec.points), bool), False, cfg.ba_iterations,
-        cfg.huber_px,
-    )  # fmt: skip
-    for c, f in enumerate(frames):
-        rec.R[f], rec.t[f] = sol.R[c], sol.t[c]
+    for start in range(0, len(frames), cfg.motion_ba_chunk_frames):
+        chunk = frames[start : start + cfg.motion_ba_chunk_frames]
+        obs, _ = _observations(tracks, rec, chunk)
+        used, pt_local = np.unique(obs.pt, return_inverse=True)
+        sol = bundle_adjust(
+            np.stack([rec.R[f] for f in chunk]), np.stack([rec.t[f] for f in chunk]), rec.points[used],
+            rec.focal, pp, Observations(obs.cam, pt_local, obs.xy), np.ones(len(chunk), bool),
+            np.zeros(len(used), bool), False, cfg.ba_iterations, cfg.huber_px,
+        )  # fmt: skip
+        for c, f in enumerate(chunk):
+            rec.R[f], rec.t[f] = sol.R[c], sol.t[c]
 
 
 def _reconstruct(tracks: Tracks, keyframes: list[int], focal: float, size: tuple[int, int],
@@ -394,7 +451,7 @@ def _reconstruct(tracks: Tracks, keyframes: list[int], focal: float, size: tuple
             _triangulate_new(tracks, rec, k, K, cfg)
             registered = [f for f in keyframes if f in rec.R]
             _refine(tracks, rec, registered, K[:2, 2], cfg, window=registered[-cfg.window_keyframes :])
-    _refine(tracks, rec, [f for f in keyframes if f in rec.R], K[:2, 2], cfg)
+    _refine_global(tracks, rec, keyframes, K[:2, 2], cfg)
     return rec
 
 
@@ -432,6 +489,20 @@ def _search_focal(tracks: Tracks, keyframes: list[int], size: tuple[int, int], c
     best = min(scores, key=lambda f: scores[f])
     observed = max(scores.values()) > (1.0 + cfg.focal_min_contrast) * scores[best]
     return best, observed
+
+
+def _prefix_focal(tracks: Tracks, keyframes: list[int], focal: float, size: tuple[int, int],
+                  cfg: GeometryConfig) -> float:  # fmt: skip
+    """`focal` refined by a bundle adjustment of the reconstruction of the first
+    `cfg.global_ba_max_keyframes` keyframes; `focal` itself when that reconstruction fails.
+
+    For clips too long for the final adjustment over every frame: adjusting the focal later, with
+    keyframe blocks against fixed neighbours registered at the old focal, barely moves it."""
+    rec = _reconstruct(tracks, keyframes[: cfg.global_ba_max_keyframes], focal, size, cfg)
+    if rec is None:
+        return focal
+    _refine(tracks, rec, sorted(rec.R), _intrinsics(focal, *size)[:2, 2], cfg, refine_focal=True)
+    return rec.focal
 
 
 def _rotation_only(tracks: Tracks, num: int, focal: float, size: tuple[int, int]) -> list[np.ndarray]:
@@ -519,13 +590,14 @@ def estimate_geometry(
     is_key[0] = is_key[-1] = True
     keyframes = [int(k) for k in np.nonzero(is_key)[0]]
     c2w = np.tile(np.eye(4), (num, 1, 1))
+    posed = np.ones(num, bool)
     focal = float(K_prior[0, 0]) if K_prior is not None else _fov_focal(cfg.default_fov_deg, w, h)
     K = K_prior.astype(np.float64).copy() if K_prior is not None else _intrinsics(focal, w, h)
 
     def finish(points: np.ndarray, colors: np.ndarray, rmse: float, static: float) -> GeometryResult:
         if not np.isfinite(c2w).all():
             raise GeometryError("camera recovery produced non-finite poses")
-        return GeometryResult(c2w, K, is_key, points, colors, rmse, static, flags)
+        return GeometryResult(c2w, K, is_key, points, colors, rmse, static, flags, posed)
 
     empty_pts, empty_cols = np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
     if num == 1:
@@ -548,6 +620,8 @@ def estimate_geometry(
 
     tracks, static_share = _drop_epipolar_outliers(tracks, keyframes, cfg)
     searched = _search_focal(tracks, keyframes, size, cfg) if K_prior is None else None
+    if searched is not None and cfg.refine_focal and num > cfg.final_ba_max_frames:
+        searched = (_prefix_focal(tracks, keyframes, searched[0], size, cfg), searched[1])
     rec = None if K_prior is None and searched is None else _reconstruct(
         tracks, keyframes, searched[0] if searched else focal, size, cfg)  # fmt: skip
     if rec is None:
@@ -575,7 +649,7 @@ def estimate_geometry(
         )
         if K_prior is None:
             K = _intrinsics(rec.focal, w, h)
-    posed = np.array([i in rec.R for i in range(num)])
+    posed[:] = [i in rec.R for i in range(num)]
     for i in rec.R:
         c2w[i] = _pose_matrix(rec.R[i], rec.t[i])
     if not posed.all():

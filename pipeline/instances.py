@@ -104,6 +104,10 @@ class _Track:
     """Frames in which it carried pixels."""
 
 
+_RELEASED = np.zeros((0, 0), dtype=bool)
+"""The mask of a track that can no longer be continued."""
+
+
 def _centroid(mask: np.ndarray) -> np.ndarray:
     ys, xs = np.nonzero(mask)
     return np.array([xs.mean(), ys.mean()])
@@ -138,6 +142,7 @@ class InstanceTracker:
     def __init__(self, cfg: TrackerConfig) -> None:
         self.cfg = cfg
         self._tracks: list[_Track] = []
+        self._active: list[_Track] = []  # those that may still be continued (the others drop their mask)
         self._frame = -1
         self._shape: tuple[int, int] | None = None
         self._calls = 0
@@ -197,7 +202,11 @@ class InstanceTracker:
         self._calls += 1
 
         candidates = self._candidates(mask, labels)
-        live = [t for t in self._tracks if frame - t.record.last_frame <= self.cfg.max_gap + 1]
+        live = [t for t in self._active if frame - t.record.last_frame <= self.cfg.max_gap + 1]
+        for track in self._active:
+            if frame - track.record.last_frame > self.cfg.max_gap + 1:
+                track.mask = _RELEASED  # never predicted again: memory stays bounded on long videos
+        self._active = list(live)
         predictions = [self._predict(t, frame, previous, flow_prev_to_cur) for t in live]
         pairs: list[tuple[float, int, int]] = []
         for c, (region, label) in enumerate(candidates):
@@ -223,6 +232,7 @@ class InstanceTracker:
                     raise ValueError("more than 65535 instances: ids no longer fit in uint16")
                 record = InstanceRecord(len(self._tracks) + 1, label, dynamic, frame, frame, 0)
                 self._tracks.append(_Track(record, region, _centroid(region), frame))
+                self._active.append(self._tracks[-1])
                 self._count(self._tracks[-1], region, frame, dynamic)
                 ids[region] = record.id
                 continue

@@ -5,7 +5,9 @@ point; unknowns are the poses of the free cameras, the free 3D points and option
 Everything else is held fixed, which gives the window API the reconstruction needs: a sliding
 window of keyframes against fixed older ones, a global adjustment over every keyframe, and
 motion-only refinement (free cameras, fixed points). Points are eliminated by the Schur complement
-of `dv4d.ba.lm.solve_lm` (Levenberg-Marquardt, Huber loss on pixel residuals).
+of `dv4d.ba.lm.solve_lm` (Levenberg-Marquardt, Huber loss on pixel residuals). Observations in
+fixed cameras (with the focal fixed) form a term without camera columns, so the Schur complement
+gets no rows, nor row pairs, for them: a window costs what its own frames see.
 
 Pose steps are left perturbations: R <- exp(w) R, t <- exp(w) t + d, step = (w, d).
 """
@@ -52,6 +54,25 @@ class Observations:
     """(M, 2) float64 observed pixel positions."""
 
 
+@dataclass(frozen=True)
+class _TermRows:
+    """The observations of one residual term of `PointProblem` (n of the M observations)."""
+
+    rows: Tensor | None
+    """(n,) int64 indices of the observations; None: all of them, in order."""
+    columns: Tensor | None
+    """(n, K) int64 camera columns (-1 fixed); None: the term has no camera parameter."""
+    point_index: Tensor
+    """(n,) int64 free point of each observation (-1 fixed)."""
+    cam: Tensor
+    """(n,) int64 camera of each observation."""
+
+
+def _pick(values: Tensor, rows: Tensor | None) -> Tensor:
+    """values[rows], or values itself when rows is None."""
+    return values if rows is None else values[rows]
+
+
 class PointProblem:
     """Reprojection residuals (pixels) with free / fixed cameras and points and an optional focal."""
 
@@ -71,9 +92,28 @@ class PointProblem:
         pt_rank[self.free_points] = np.arange(len(self.free_points))
         rank = cam_rank[obs.cam]
         pose_cols = np.where(rank[:, None] >= 0, rank[:, None] * POSE_DIM + np.arange(POSE_DIM), -1)
-        focal_col = np.full((len(rank), 1), len(self.free_cams) * POSE_DIM if refine_focal else -1)
-        self._columns = torch.from_numpy(np.hstack([pose_cols, focal_col]))
-        self._point_index = torch.from_numpy(pt_rank[obs.pt])
+        if refine_focal:
+            focal_col = np.full((len(rank), 1), len(self.free_cams) * POSE_DIM)
+            pose_cols = np.hstack([pose_cols, focal_col])
+        point_index = pt_rank[obs.pt]
+        # Observations in fixed cameras (with the focal fixed) only constrain their points: they go
+        # into a term without camera columns, which gives the Schur complement no rows for them.
+        with_camera = rank >= 0 if not refine_focal else np.ones(len(rank), bool)
+        parts = [np.flatnonzero(with_camera), np.flatnonzero(~with_camera)]
+        if not (len(parts[0]) and len(parts[1])):
+            self._terms = [
+                _TermRows(None, torch.from_numpy(pose_cols), torch.from_numpy(point_index), self._cam)
+            ]
+        else:
+            self._terms = [
+                _TermRows(
+                    torch.from_numpy(rows),
+                    torch.from_numpy(pose_cols[rows]) if camera else None,
+                    torch.from_numpy(point_index[rows]),
+                    torch.from_numpy(obs.cam[rows]),
+                )
+                for camera, rows in zip((True, False), parts, strict=True)
+            ]
         self._free_cams_t = torch.from_numpy(self.free_cams)
         self._free_points_t = torch.from_numpy(self.free_points)
 
@@ -103,15 +143,25 @@ class PointProblem:
         return xc, pinhole_project(xc, state.focal.expand(xc.shape[0]), self._principal)
 
     def evaluate(self, state: PointState, jacobians: bool) -> list[ResidualTerm]:
-        """One term: (M, 2) residuals predicted - observed."""
+        """(M, 2) residuals predicted - observed, as one term (or two: with and without camera columns)."""
         xc, proj = self.project(state)
         res = proj.uv - self._xy
-        if not jacobians:
-            return [ResidualTerm(res, self.loss, self._columns, None, self._point_index, None)]
-        d_rot = small_matmul(proj.d_point, -skew(xc))
-        cam_jac = torch.cat((d_rot, proj.d_point, proj.d_focal[:, :, None]), dim=-1)
-        pt_jac = small_matmul(proj.d_point, state.R[self._cam])
-        return [ResidualTerm(res, self.loss, self._columns, cam_jac, self._point_index, pt_jac)]
+        terms = []
+        for part in self._terms:
+            residuals = _pick(res, part.rows)
+            if not jacobians:
+                terms.append(ResidualTerm(residuals, self.loss, part.columns, None, part.point_index, None))
+                continue
+            d_point = _pick(proj.d_point, part.rows)
+            pt_jac = small_matmul(d_point, state.R[part.cam])
+            cam_jac = None
+            if part.columns is not None:
+                blocks = [small_matmul(d_point, -skew(_pick(xc, part.rows))), d_point]
+                if self.refine_focal:
+                    blocks.append(_pick(proj.d_focal, part.rows)[:, :, None])
+                cam_jac = torch.cat(blocks, dim=-1)
+            terms.append(ResidualTerm(residuals, self.loss, part.columns, cam_jac, part.point_index, pt_jac))
+        return terms
 
     def retract(self, state: PointState, camera_step: Tensor, point_step: Tensor) -> PointState:
         """Left-perturbed free poses, additive free points and focal."""

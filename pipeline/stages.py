@@ -103,6 +103,7 @@ def save_geometry(art: VideoArtifacts, geo: GeometryResult) -> None:
         c2w=geo.c2w,
         K=geo.K,
         is_keyframe=geo.is_keyframe,
+        posed=geo.posed,
         points=geo.points,
         colors=geo.colors,
     )
@@ -124,6 +125,7 @@ def load_geometry(art: VideoArtifacts) -> GeometryResult:
         reproj_rmse_px=float(extra["reproj_rmse_px"]),
         static_fraction=float(extra["static_fraction"]),
         flags=list(extra["flags"]),
+        posed=arrays["posed"],
     )
 
 
@@ -353,7 +355,7 @@ def run_all(
         art.staging_dir.mkdir(parents=True, exist_ok=True)
         sampled = np.load(art.work(PLAN))
         write_cameras(art.staged(art.CAMERAS), geo.c2w, geo.K, sampled["frame_index"], sampled["timestamps"],
-                      geo.is_keyframe)  # fmt: skip
+                      geo.is_keyframe, geo.posed)  # fmt: skip
         write_points(art.staged(art.POINTS), geo.points, geo.colors)
         for name in (art.DEPTH, art.INSTANCES, art.INSTANCES_JSON, art.CAPTIONS, art.RGB):
             link_into(art.work(name), art.staged(name))

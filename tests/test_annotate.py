@@ -63,6 +63,10 @@ def test_outputs_follow_schema(annotated: Path, scenes: tuple[Path, dict[str, Sy
             assert cams["frame_index"].tolist() == list(range(F))
             np.testing.assert_allclose(cams["timestamps"], np.arange(F) / 10.0, atol=1e-3)
             assert cams["is_keyframe"].dtype == bool and cams["is_keyframe"][0]
+            unposed = "unregistered_frames" in manifest["quality"]["flags"]
+            assert (
+                cams["posed"].dtype == bool and cams["posed"].shape == (F,) and cams["posed"].all() != unposed
+            )
             np.testing.assert_allclose(cams["c2w"][0], np.eye(4), atol=1e-9)
             rot = cams["c2w"][:, :3, :3]
             np.testing.assert_allclose(

@@ -34,7 +34,9 @@ def make_video_dir(root: Path, name: str, status: str = "complete") -> Path:
     c2w = np.tile(np.eye(4), (F, 1, 1))
     c2w[:, 0, 3] = np.arange(F)
     K = np.array([[50.0, 0, (W - 1) / 2], [0, 50.0, (H - 1) / 2], [0, 0, 1]])
-    write_cameras(d / a.CAMERAS, c2w, K, np.arange(F) * 2, np.arange(F) / 10.0, np.arange(F) % 5 == 0)
+    write_cameras(
+        d / a.CAMERAS, c2w, K, np.arange(F) * 2, np.arange(F) / 10.0, np.arange(F) % 5 == 0, np.ones(F, bool)
+    )
     write_json(d / a.INSTANCES_JSON, [
         {"id": 1, "label": "object", "dynamic": True, "first_frame": 0, "last_frame": F - 1,
          "num_pixels": 100 * F, "caption": None},
@@ -130,7 +132,7 @@ def test_worker_memory_grows_with_the_clip_not_the_video(tmp_path: Path) -> None
         depth[i] = float(i)
         inst[i] = i % 7
     write_cameras(d / a.CAMERAS, np.tile(np.eye(4), (frames, 1, 1)), np.eye(3), np.arange(frames),
-                  np.arange(frames) / 10.0, np.ones(frames, bool))  # fmt: skip
+                  np.arange(frames) / 10.0, np.ones(frames, bool), np.ones(frames, bool))  # fmt: skip
     write_json(d / a.INSTANCES_JSON, [])
     write_json(d / a.CAPTIONS, {"scene": None, "camera": {"text": "static", "source": "trajectory"}})
     write_json(d / a.MANIFEST, {"schema": SCHEMA, "status": "complete", "frames": {"count": frames}})

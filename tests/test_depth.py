@@ -22,8 +22,8 @@ def truth_geometry(scene: SyntheticScene) -> GeometryResult:
     ys, xs = np.mgrid[0:h:8, 0:w:8].astype(np.float64)
     rays = np.stack([xs, ys, np.ones_like(xs)], -1) @ np.linalg.inv(scene.K).T
     points = (rays * scene.depth[0, ::8, ::8][..., None]).reshape(-1, 3)
-    return GeometryResult(c2w, scene.K, np.ones(len(c2w), bool), points,
-                          np.zeros(points.shape, np.uint8), 0.0, 1.0, [])  # fmt: skip
+    every = np.ones(len(c2w), bool)
+    return GeometryResult(c2w, scene.K, every, points, np.zeros(points.shape, np.uint8), 0.0, 1.0, [], every)
 
 
 def test_depth_with_true_poses_is_metric_and_accurate(scene: SyntheticScene) -> None:
@@ -56,7 +56,7 @@ def test_no_translation_gives_no_depth(scene: SyntheticScene) -> None:
     geo.c2w = np.broadcast_to(np.eye(4), geo.c2w.shape).copy()
     assert not densify_depth(scene.frames, geo, 5).any()
     single = densify_depth(scene.frames[:1], GeometryResult(geo.c2w[:1], scene.K, np.ones(1, bool),
-                           geo.points, geo.colors, 0.0, 1.0, []), 0)  # fmt: skip
+                           geo.points, geo.colors, 0.0, 1.0, [], np.ones(1, bool)), 0)  # fmt: skip
     assert not single.any()
     with pytest.raises(IndexError):
         densify_depth(scene.frames, geo, 20)

@@ -79,11 +79,8 @@ def write_output(
     K = half_res_K(scene.K)
     K[0, 0] *= focal_factor
     K[1, 1] *= focal_factor
-    write_cameras(folder / a.CAMERAS, c2w, K, index, index / FPS, index % 4 == 0)
-    if posed is not None:
-        with np.load(folder / a.CAMERAS) as cams:
-            arrays = dict(cams)
-        np.savez(folder / a.CAMERAS, **arrays, posed=posed)
+    posed = np.ones(num, bool) if posed is None else posed
+    write_cameras(folder / a.CAMERAS, c2w, K, index, index / FPS, index % 4 == 0, posed)
     write_json(folder / a.INSTANCES_JSON, [
         {"id": 1, "label": "object", "dynamic": dynamic, "first_frame": 0, "last_frame": num - 1,
          "num_pixels": 1, "caption": None},
@@ -327,7 +324,13 @@ def test_bad_output_folders(tmp_path: Path, scene: SyntheticScene) -> None:
     beyond = write_output(tmp_path, scene, scene.c2w[:2], name="beyond", frames=np.arange(2))
     K = half_res_K(scene.K)
     write_cameras(
-        beyond / "cameras.npz", scene.c2w[:2], K, np.array([20, 21]), np.array([2.0, 2.1]), np.ones(2, bool)
+        beyond / "cameras.npz",
+        scene.c2w[:2],
+        K,
+        np.array([20, 21]),
+        np.array([2.0, 2.1]),
+        np.ones(2, bool),
+        np.ones(2, bool),
     )
     with pytest.raises(Dv4dError, match="fewer frames than the video"):
         evaluate(beyond, gt)
