@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dv4d.pipeline.flow import dis_flow, forward_backward_mask, sample_flow
+from dv4d.pipeline.flow import dis_flow, dis_flows, forward_backward_mask, sample_flow
 from dv4d.pipeline.synthetic import SceneConfig, SyntheticScene, render_scene
 
 
@@ -31,6 +31,21 @@ def test_dis_flow_matches_true_flow(scene: SyntheticScene) -> None:
     assert np.median(np.linalg.norm(truth, axis=-1)[static]) > 2.0, "the test needs real motion"
     assert np.median(error) < 0.3
     assert np.percentile(error, 80) < 0.8
+
+
+@pytest.mark.parametrize("preset", ["fine", "dense"])
+def test_concurrent_flows_equal_one_by_one_and_both_presets_are_accurate(
+    scene: SyntheticScene, preset: str
+) -> None:
+    pairs = [(scene.frames[i], scene.frames[i + 3]) for i in range(0, 15, 3)]
+    flows = dis_flows(pairs, preset)
+    assert len(flows) == len(pairs)
+    for (a, b), flow in zip(pairs, flows, strict=True):
+        np.testing.assert_array_equal(flow, dis_flow(a, b, preset))
+    static = ~scene.dynamic[0]
+    error = np.linalg.norm(flows[0] - true_flow(scene, 0, 3), axis=-1)[static]
+    assert np.median(error) < 0.3
+    assert dis_flows([], preset) == []
 
 
 def test_forward_backward_mask_on_real_flow(scene: SyntheticScene) -> None:
