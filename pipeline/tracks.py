@@ -95,11 +95,12 @@ def _follow(
 
     Kept: inside the image and, with `check`, passing the forward-backward check."""
     h, w = gray.shape
-    fwd, *bwd_flows = dis_flows([(anchor_gray, gray)] + ([(gray, anchor_gray)] if check else []))
+    flows = dis_flows([(anchor_gray, gray), (gray, anchor_gray)] if check else [(anchor_gray, gray)])
+    fwd = flows[0]
     moved = xy + sample_flow(fwd, xy[:, 0], xy[:, 1])
     keep = (moved[:, 0] >= 0) & (moved[:, 0] <= w - 1) & (moved[:, 1] >= 0) & (moved[:, 1] <= h - 1)
-    for bwd in bwd_flows:
-        back = moved + sample_flow(bwd, moved[:, 0], moved[:, 1])
+    if check:
+        back = moved + sample_flow(flows[1], moved[:, 0], moved[:, 1])
         keep &= np.linalg.norm(back - xy, axis=1) <= cfg.fb_max_error_px
     return keep, moved, float(np.median(np.linalg.norm(fwd, axis=-1)))
 
